@@ -1,0 +1,123 @@
+// buildApp(config): registers the plugins and routes in an explicit order. The order is part of
+// the security design (errors and request ids first, then state, then limits and auth, then
+// routes), which is why nothing is autoloaded.
+import { randomUUID } from 'node:crypto'
+import formbody from '@fastify/formbody'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Config } from './config.js'
+import authPlugin from './plugins/auth.js'
+import corePlugin, { type CoreOptions } from './plugins/core.js'
+import errorsPlugin from './plugins/errors.js'
+import metricsPlugin from './plugins/metrics.js'
+import rateLimitPlugin from './plugins/rate-limit.js'
+import discoveryRoutes from './routes/discovery.js'
+import healthRoutes from './routes/health.js'
+import metricsRoutes from './routes/metrics.js'
+import tokenRoutes from './routes/token.js'
+import validateRoutes from './routes/validate.js'
+import { addSharedSchemas } from './schemas/index.js'
+
+export interface BuildOptions extends Omit<CoreOptions, 'config'> {
+  /** Fastify logger option; defaults to JSON logs at the configured level with redaction. */
+  logger?: FastifyServerOptions['logger']
+  loggerInstance?: FastifyServerOptions['loggerInstance']
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+/** Paths that must never reach a log line (RFC 6750 tokens, client secrets, key material). */
+export const REDACT_PATHS = [
+  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
+  'req.headers["x-api-key"]', 'res.headers["set-cookie"]',
+  '*.client_secret', '*.secret', '*.token', '*.access_token', '*.refresh_token', '*.subject_token',
+  '*.password', '*.privateKey', '*.privateEnc'
+]
+
+export function loggerOptions (config: Config): FastifyServerOptions['logger'] {
+  return {
+    level: config.logLevel,
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    serializers: {
+      // Method and path only: a query string may carry anything, and headers carry credentials.
+      req: (req: { method: string, url: string, ip?: string, id?: string }) => ({
+        method: req.method,
+        url: req.url.split('?')[0],
+        remoteAddress: req.ip
+      })
+    }
+  }
+}
+
+export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const fastifyOptions: FastifyServerOptions = {
+    trustProxy: config.server.trustProxy as any,
+    bodyLimit: config.server.bodyLimit,
+    requestTimeout: config.server.requestTimeout * 1000,
+    keepAliveTimeout: config.server.keepAliveTimeout * 1000,
+    connectionTimeout: config.server.requestTimeout * 1000,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const incoming = req.headers['x-request-id']
+      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
+    },
+    routerOptions: { maxParamLength: 2048 },
+    // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }
+  }
+  if (options.loggerInstance !== undefined) fastifyOptions.loggerInstance = options.loggerInstance
+  else fastifyOptions.logger = options.logger ?? loggerOptions(config)
+  const app = Fastify(fastifyOptions)
+  app.server.headersTimeout = config.server.headersTimeout * 1000
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id)
+  })
+
+  await app.register(errorsPlugin)
+  await app.register(metricsPlugin)
+  await app.register(formbody, { bodyLimit: config.server.bodyLimit })
+  await app.register(corePlugin, { ...options, config })
+  await app.register(rateLimitPlugin)
+  await app.register(authPlugin)
+
+  addSharedSchemas(app)
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Tollgate',
+        version: '1.0.0',
+        description: 'HTTP auth gateway: issues, validates, refreshes and revokes short-lived access tokens, publishes its signing keys, and proxies calls to downstream tools behind audience, scope, rate-limit and quota checks.'
+      },
+      servers: [{ url: config.issuer }],
+      tags: [
+        { name: 'tokens', description: 'Issue, refresh and revoke tokens' },
+        { name: 'validation', description: 'Introspection and forward auth' },
+        { name: 'keys', description: 'Public keys and server metadata' },
+        { name: 'tools', description: 'Calls to downstream tools' },
+        { name: 'operations', description: 'Health and metrics' }
+      ],
+      components: {
+        securitySchemes: {
+          bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token from POST /token' },
+          clientBasic: { type: 'http', scheme: 'basic', description: 'Client credentials (client_secret_basic)' }
+        }
+      }
+    },
+    refResolver: {
+      buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`)
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { tryItOutEnabled: true } })
+
+  await app.register(tokenRoutes)
+  await app.register(validateRoutes)
+  await app.register(discoveryRoutes)
+  await app.register(healthRoutes)
+  await app.register(metricsRoutes)
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+
+  return app
+}

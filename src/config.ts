@@ -1,0 +1,364 @@
+// Configuration: the only reader of the config file and of process.env. It reads both once,
+// converts durations to seconds, applies defaults and validates everything with one TypeBox
+// schema. A bad value throws ConfigError with one line naming the key; it never lets a
+// half-valid config through.
+import { randomBytes } from 'node:crypto'
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { isIP } from 'node:net'
+import { join, resolve } from 'node:path'
+import { Type, type Static } from 'typebox'
+import { Value } from 'typebox/value'
+import { parse as parseYaml } from 'yaml'
+
+export class ConfigError extends Error {
+  constructor (readonly key: string, message: string) {
+    super(`config: ${key === '' ? '(root)' : key}: ${message}`)
+    this.name = 'ConfigError'
+  }
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 }
+
+/** `30s`, `5m`, `1h`, `1d`, `250ms` or a bare number of seconds → seconds. */
+export function parseDuration (value: unknown, key: string): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return value
+  if (typeof value === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value)
+    if (m !== null) return Number(m[1]) * (DURATION_UNITS[m[2] ?? 's'] ?? 1)
+  }
+  throw new ConfigError(key, `must be a duration such as 30s, 5m, 1h, 1d or a number of seconds (got ${JSON.stringify(value)})`)
+}
+
+const Seconds = Type.Number({ minimum: 0 })
+const PositiveSeconds = Type.Number({ exclusiveMinimum: 0 })
+const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' })
+const ScopeToken = Type.String({ pattern: '^[\\x21\\x23-\\x5B\\x5D-\\x7E]+$' }) // RFC 6749 §3.3
+const Limit = Type.Object({ max: Type.Integer({ minimum: 1 }), window: PositiveSeconds }, { additionalProperties: false })
+const Algorithm = Type.Union([Type.Literal('ES256'), Type.Literal('EdDSA'), Type.Literal('RS256')])
+
+const ClientSchema = Type.Object({
+  id: Name,
+  secretHash: Type.Optional(Type.String({ minLength: 1 })),
+  secretEnv: Type.Optional(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
+  /** Filled from secretEnv (or the demo secret file) by this module; never written in YAML. */
+  secret: Type.Optional(Type.String({ minLength: 1 })),
+  scopes: Type.Array(ScopeToken, { default: [] }),
+  audiences: Type.Array(Type.String({ minLength: 1 }), { default: [] }),
+  quota: Type.Optional(Type.Object({ limit: Type.Integer({ minimum: 1 }), window: Type.Integer({ minimum: 1 }) }, { additionalProperties: false })),
+  refresh: Type.Boolean({ default: false }),
+  exchange: Type.Boolean({ default: false }),
+  accessTtl: Type.Optional(PositiveSeconds),
+  claims: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.String())]), { default: {} })
+}, { additionalProperties: false })
+
+const TrustedIssuerSchema = Type.Object({
+  issuer: Type.String({ minLength: 1 }),
+  jwksUri: Type.String({ minLength: 1 }),
+  audiences: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  algorithms: Type.Array(Type.Union([Type.Literal('ES256'), Type.Literal('ES384'), Type.Literal('RS256'), Type.Literal('PS256'), Type.Literal('EdDSA')]), { minItems: 1, default: ['ES256', 'RS256'] })
+}, { additionalProperties: false })
+
+const ToolAuth = Type.Union([
+  Type.Literal('token'),
+  Type.Literal('none'),
+  Type.Object({ header: Type.String({ pattern: '^[A-Za-z0-9-]+$' }), valueEnv: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), value: Type.Optional(Type.String()) }, { additionalProperties: false })
+])
+
+const ToolSchema = Type.Object({
+  name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$' }),
+  url: Type.String({ minLength: 1 }),
+  audience: Type.String({ minLength: 1 }),
+  scopes: Type.Array(ScopeToken, { default: [] }),
+  cost: Type.Integer({ minimum: 0, default: 1 }),
+  timeout: Type.Number({ exclusiveMinimum: 0, default: 30 }),
+  auth: Type.Optional(ToolAuth),
+  refundOnFailure: Type.Boolean({ default: true }),
+  websocket: Type.Boolean({ default: false })
+}, { additionalProperties: false })
+
+export const ConfigSchema = Type.Object({
+  server: Type.Object({
+    host: Type.String({ default: '0.0.0.0' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+    trustProxy: Type.Union([Type.Boolean(), Type.String(), Type.Array(Type.String()), Type.Integer({ minimum: 0 })], { default: false }),
+    bodyLimit: Type.Integer({ minimum: 1024, default: 1048576 }),
+    requestTimeout: Type.Number({ minimum: 0, default: 30 }),
+    headersTimeout: Type.Number({ minimum: 0, default: 10 }),
+    keepAliveTimeout: Type.Number({ minimum: 0, default: 5 })
+  }, { additionalProperties: false, default: {} }),
+  issuer: Type.String({ minLength: 1, default: 'http://localhost:8080' }),
+  dataDir: Type.String({ minLength: 1, default: './data' }),
+  logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  store: Type.Object({
+    sqlite: Type.Optional(Type.String({ minLength: 1 })),
+    redis: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+    /** How long a store operation may take before the request fails closed with 503. */
+    timeout: Type.Number({ exclusiveMinimum: 0, default: 2 })
+  }, { additionalProperties: false, default: {} }),
+  keys: Type.Object({
+    algorithm: Type.Union([Algorithm], { default: 'ES256' }),
+    rotateAfter: Type.Number({ exclusiveMinimum: 0, default: 90 * 86400 }),
+    /** How long a new key is published before it signs: at least the JWKS max-age plus one reload. */
+    publishAhead: Type.Optional(Seconds),
+    /** JWKS `Cache-Control: max-age`. */
+    jwksMaxAge: Type.Number({ minimum: 0, default: 300 })
+  }, { additionalProperties: false, default: {} }),
+  tokens: Type.Object({
+    accessTtl: Type.Number({ exclusiveMinimum: 0, default: 300 }),
+    refreshTtl: Type.Number({ exclusiveMinimum: 0, default: 86400 }),
+    refreshIdleTtl: Type.Number({ exclusiveMinimum: 0, default: 86400 }),
+    leeway: Type.Number({ minimum: 0, maximum: 300, default: 30 }),
+    maxLifetime: Type.Number({ exclusiveMinimum: 0, default: 86400 })
+  }, { additionalProperties: false, default: {} }),
+  introspection: Type.Object({ public: Type.Boolean({ default: false }) }, { additionalProperties: false, default: {} }),
+  rateLimits: Type.Object({
+    token: Type.Intersect([Limit], { default: { max: 30, window: 60 } }),
+    perIp: Type.Intersect([Limit], { default: { max: 600, window: 60 } }),
+    perSubject: Type.Intersect([Limit], { default: { max: 300, window: 60 } }),
+    /** What rate limiting does when the store cannot be reached: refuse (503) or let requests through. */
+    onStoreError: Type.Union([Type.Literal('fail-closed'), Type.Literal('fail-open')], { default: 'fail-closed' })
+  }, { additionalProperties: false, default: {} }),
+  clients: Type.Array(ClientSchema, { default: [] }),
+  trustedIssuers: Type.Array(TrustedIssuerSchema, { default: [] }),
+  tools: Type.Array(ToolSchema, { default: [] })
+}, { additionalProperties: false })
+
+export type Config = Static<typeof ConfigSchema> & {
+  /** The key-encryption secret from TOLLGATE_SECRET, if set. */
+  secret?: string
+  /** Set when no config file was given and the built-in demo configuration is in use. */
+  demo?: { clientId: string, secretFile: string, created: boolean }
+  /** Where the config came from, for the startup log line. */
+  source: string
+}
+export type ClientConfig = Static<typeof ClientSchema>
+export type ToolConfig = Static<typeof ToolSchema>
+export type TrustedIssuerConfig = Static<typeof TrustedIssuerSchema>
+
+// Keys holding durations, as paths; `*` stands for every array element.
+const DURATION_PATHS = [
+  'server.requestTimeout', 'server.headersTimeout', 'server.keepAliveTimeout', 'store.timeout',
+  'keys.rotateAfter', 'keys.publishAhead', 'keys.jwksMaxAge',
+  'tokens.accessTtl', 'tokens.refreshTtl', 'tokens.refreshIdleTtl', 'tokens.leeway', 'tokens.maxLifetime',
+  'rateLimits.token.window', 'rateLimits.perIp.window', 'rateLimits.perSubject.window',
+  'clients.*.accessTtl', 'clients.*.quota.window', 'tools.*.timeout'
+]
+
+export interface LoadOptions {
+  /** `--config PATH`; falls back to TOLLGATE_CONFIG, then to the built-in demo configuration. */
+  configPath?: string
+  env?: NodeJS.ProcessEnv
+  /** A config object instead of a file (tests). */
+  raw?: unknown
+}
+
+export function loadConfig (options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env
+  const path = options.configPath ?? nonEmpty(env.TOLLGATE_CONFIG)
+  let raw: unknown
+  let source: string
+  if (options.raw !== undefined) {
+    raw = structuredClone(options.raw)
+    source = 'inline'
+  } else if (path !== undefined) {
+    let text: string
+    try {
+      text = readFileSync(path, 'utf8')
+    } catch (err) {
+      throw new ConfigError('', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+    }
+    try {
+      raw = parseYaml(text) ?? {}
+    } catch (err) {
+      throw new ConfigError('', `${path} is not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`)
+    }
+    source = resolve(path)
+  } else {
+    raw = demoConfig()
+    source = 'built-in demo configuration'
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError('', 'must be a mapping')
+  const doc = raw as Record<string, any>
+
+  applyEnv(doc, env)
+  for (const path of DURATION_PATHS) convertDurations(doc, path.split('.'), [])
+
+  const withDefaults = Value.Default(ConfigSchema, doc) as unknown
+  const first = [...Value.Errors(ConfigSchema, withDefaults)][0]
+  if (first !== undefined) throw new ConfigError(keyOf(first.instancePath), explain(first))
+  const config = withDefaults as Config
+  config.source = source
+  if (env.TOLLGATE_SECRET !== undefined) config.secret = env.TOLLGATE_SECRET
+
+  check(config, env)
+  if (source === 'built-in demo configuration') config.demo = ensureDemoSecret(config)
+  return config
+}
+
+function nonEmpty (value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value
+}
+
+function applyEnv (doc: Record<string, any>, env: NodeJS.ProcessEnv): void {
+  const section = (name: string): Record<string, any> => {
+    if (typeof doc[name] !== 'object' || doc[name] === null) doc[name] = {}
+    return doc[name]
+  }
+  if (nonEmpty(env.TOLLGATE_PORT) !== undefined) {
+    const port = Number(env.TOLLGATE_PORT)
+    if (!Number.isInteger(port)) throw new ConfigError('TOLLGATE_PORT', 'must be an integer')
+    section('server').port = port
+  }
+  if (nonEmpty(env.TOLLGATE_HOST) !== undefined) section('server').host = env.TOLLGATE_HOST
+  if (nonEmpty(env.TOLLGATE_DATA_DIR) !== undefined) doc.dataDir = env.TOLLGATE_DATA_DIR
+  if (nonEmpty(env.TOLLGATE_LOG_LEVEL) !== undefined) doc.logLevel = env.TOLLGATE_LOG_LEVEL
+  if (nonEmpty(env.TOLLGATE_REDIS_URL) !== undefined) {
+    const store = section('store')
+    delete store.sqlite
+    store.redis = env.TOLLGATE_REDIS_URL
+  }
+}
+
+function convertDurations (node: any, rest: string[], trail: string[]): void {
+  if (node === null || typeof node !== 'object') return
+  const [head, ...tail] = rest
+  if (head === undefined) return
+  if (head === '*') {
+    if (!Array.isArray(node)) return
+    node.forEach((item, i) => convertDurations(item, tail, [...trail, String(i)]))
+    return
+  }
+  if (!(head in node)) return
+  if (tail.length === 0) node[head] = parseDuration(node[head], [...trail, head].join('.'))
+  else convertDurations(node[head], tail, [...trail, head])
+}
+
+function keyOf (pointer: string): string {
+  return pointer.split('/').filter(Boolean).map(p => p.replace(/~1/g, '/').replace(/~0/g, '~')).join('.')
+}
+
+function explain (error: { keyword: string, message: string, params: any }): string {
+  if (error.keyword === 'additionalProperties') return `unknown key(s) ${JSON.stringify(error.params.additionalProperties)}`
+  if (error.keyword === 'required') return `missing required key(s) ${JSON.stringify(error.params.requiredProperties ?? error.params)}`
+  return error.message
+}
+
+// Rules one schema cannot say well: cross-field and semantic checks.
+function check (config: Config, env: NodeJS.ProcessEnv): void {
+  if (config.store.sqlite !== undefined && config.store.redis !== undefined) {
+    throw new ConfigError('store', 'set either sqlite or redis, not both')
+  }
+  try {
+    const issuer = new URL(config.issuer)
+    if (issuer.protocol !== 'https:' && issuer.protocol !== 'http:') throw new Error('scheme')
+  } catch {
+    throw new ConfigError('issuer', 'must be an http(s) URL')
+  }
+  if (config.tokens.accessTtl > config.tokens.maxLifetime) {
+    throw new ConfigError('tokens.accessTtl', 'must not exceed tokens.maxLifetime')
+  }
+  if (config.secret !== undefined && Buffer.byteLength(config.secret) < 32) {
+    throw new ConfigError('TOLLGATE_SECRET', 'must be at least 32 bytes (e.g. `openssl rand -base64 32`)')
+  }
+  const ids = new Set<string>()
+  config.clients.forEach((client, i) => {
+    const key = `clients.${i}`
+    if (ids.has(client.id)) throw new ConfigError(`${key}.id`, `duplicate client id ${client.id}`)
+    ids.add(client.id)
+    if (client.secret !== undefined) throw new ConfigError(`${key}.secret`, 'plaintext secrets are not accepted: use secretHash or secretEnv')
+    if ((client.secretHash === undefined) === (client.secretEnv === undefined)) {
+      throw new ConfigError(key, 'set exactly one of secretHash or secretEnv')
+    }
+    if (client.secretEnv !== undefined) {
+      const value = env[client.secretEnv]
+      if (value === undefined || value === '') throw new ConfigError(`${key}.secretEnv`, `environment variable ${client.secretEnv} is not set`)
+      client.secret = value
+    }
+    if (client.accessTtl !== undefined && client.accessTtl > config.tokens.maxLifetime) {
+      throw new ConfigError(`${key}.accessTtl`, 'must not exceed tokens.maxLifetime')
+    }
+    for (const name of Object.keys(client.claims)) {
+      if (RESERVED_CLAIMS.has(name)) throw new ConfigError(`${key}.claims.${name}`, 'is a registered claim Tollgate sets itself')
+    }
+  })
+  config.trustedIssuers.forEach((ti, i) => {
+    if (!isAllowedJwksUri(ti.jwksUri)) throw new ConfigError(`trustedIssuers.${i}.jwksUri`, 'must be https (http only to a loopback address)')
+  })
+  const names = new Set<string>()
+  config.tools.forEach((tool, i) => {
+    const key = `tools.${i}`
+    if (names.has(tool.name)) throw new ConfigError(`${key}.name`, `duplicate tool name ${tool.name}`)
+    names.add(tool.name)
+    let url: URL
+    try {
+      url = new URL(tool.url)
+    } catch {
+      throw new ConfigError(`${key}.url`, 'must be an absolute http(s) URL')
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${key}.url`, 'must be http or https')
+    if (url.username !== '' || url.password !== '') throw new ConfigError(`${key}.url`, 'must not carry credentials')
+    if (url.search !== '' || url.hash !== '') throw new ConfigError(`${key}.url`, 'must not carry a query or fragment')
+    const auth = tool.auth
+    if (typeof auth === 'object') {
+      const value = env[auth.valueEnv]
+      if (value === undefined || value === '') throw new ConfigError(`${key}.auth.valueEnv`, `environment variable ${auth.valueEnv} is not set`)
+      if (/[\r\n\0]/.test(value)) throw new ConfigError(`${key}.auth.valueEnv`, 'value contains control characters')
+      auth.value = value
+    }
+  })
+}
+
+export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'client_id', 'scope', 'quota', 'act', 'fid', 'cnf', 'may_act'])
+
+export function isAllowedJwksUri (uri: string): boolean {
+  let url: URL
+  try {
+    url = new URL(uri)
+  } catch {
+    return false
+  }
+  if (url.protocol === 'https:') return true
+  if (url.protocol !== 'http:') return false
+  const host = url.hostname.replace(/^\[|\]$/g, '')
+  if (host === 'localhost') return true
+  if (isIP(host) === 4) return host.startsWith('127.')
+  return host === '::1'
+}
+
+const DEMO_CLIENT = 'demo'
+
+function demoConfig (): Record<string, unknown> {
+  return {
+    clients: [{
+      id: DEMO_CLIENT,
+      secretHash: 'pending', // replaced by ensureDemoSecret
+      scopes: ['tools:call', 'tools:read'],
+      audiences: ['tool:echo'],
+      quota: { limit: 100, window: '1d' },
+      refresh: true,
+      exchange: true,
+      claims: { role: 'demo' }
+    }],
+    tools: [{ name: 'echo', url: 'http://127.0.0.1:9001/echo', audience: 'tool:echo', scopes: ['tools:call'] }]
+  }
+}
+
+// The demo client's secret is generated once at first start into the data directory (0600), so no
+// secret that would work elsewhere ships in code or docs.
+function ensureDemoSecret (config: Config): NonNullable<Config['demo']> {
+  const dir = resolve(config.dataDir)
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const secretFile = join(dir, 'demo-client-secret')
+  let created = false
+  if (!existsSync(secretFile)) {
+    writeFileSync(secretFile, randomBytes(24).toString('base64url') + '\n', { mode: 0o600, flag: 'wx' })
+    created = true
+  }
+  chmodSync(secretFile, 0o600)
+  const client = config.clients.find(c => c.id === DEMO_CLIENT)
+  if (client !== undefined) {
+    delete client.secretHash
+    client.secret = readFileSync(secretFile, 'utf8').trim()
+  }
+  return { clientId: DEMO_CLIENT, secretFile, created }
+}

@@ -1,0 +1,120 @@
+// The error hierarchy: every refusal Tollgate makes is one of these, with a stable `code`.
+// Hooks and handlers throw them; plugins/errors.ts maps them once to RFC 6749 §5.2 JSON on the
+// OAuth endpoints and to RFC 9457 problem+json everywhere else. Nothing here knows about HTTP
+// beyond the status number.
+
+export type OAuthErrorCode =
+  | 'invalid_request'
+  | 'invalid_client'
+  | 'invalid_grant'
+  | 'unauthorized_client'
+  | 'unsupported_grant_type'
+  | 'invalid_scope'
+  | 'invalid_target'
+  | 'unsupported_token_type'
+  | 'temporarily_unavailable'
+  | 'server_error'
+
+export type ErrorCode =
+  | OAuthErrorCode
+  | 'invalid_token'
+  | 'token_expired'
+  | 'token_revoked'
+  | 'insufficient_scope'
+  | 'rate_limited'
+  | 'quota_exceeded'
+  | 'tool_not_found'
+  | 'bad_path'
+  | 'not_found'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'upstream_unavailable'
+  | 'upstream_timeout'
+  | 'store_unavailable'
+  | 'internal_error'
+
+export class TollgateError extends Error {
+  /** Extra response headers (WWW-Authenticate, Retry-After, ...). */
+  headers: Record<string, string> = {}
+
+  constructor (
+    readonly code: ErrorCode,
+    readonly statusCode: number,
+    detail?: string,
+    options?: ErrorOptions
+  ) {
+    super(detail ?? code, options)
+    this.name = new.target.name
+  }
+}
+
+/** An RFC 6749 §5.2 error; `code` is the OAuth `error` value. */
+export class OAuthError extends TollgateError {
+  constructor (code: OAuthErrorCode, detail: string, statusCode = 400, options?: ErrorOptions) {
+    super(code, statusCode, detail, options)
+  }
+}
+
+export class InvalidClient extends OAuthError {
+  constructor (detail = 'client authentication failed') {
+    super('invalid_client', detail, 401)
+    this.headers['www-authenticate'] = 'Basic realm="tollgate"'
+  }
+}
+
+/** RFC 6750 §3: a missing, malformed, expired or revoked bearer token. */
+export class InvalidToken extends TollgateError {
+  constructor (detail = 'invalid token', code: 'invalid_token' | 'token_expired' | 'token_revoked' = 'invalid_token') {
+    super(code, 401, detail)
+  }
+}
+
+/** RFC 6750 §3.1: the request carried no token at all (no error attribute in the challenge). */
+export class MissingToken extends TollgateError {
+  constructor () {
+    super('invalid_token', 401, 'a bearer token is required')
+  }
+}
+
+export class InsufficientScope extends TollgateError {
+  constructor (readonly requiredScope: string, detail = `the token lacks a required scope: ${requiredScope}`) {
+    super('insufficient_scope', 403, detail)
+  }
+}
+
+export class RateLimited extends TollgateError {
+  constructor (retryAfterSeconds: number, detail = 'rate limit exceeded') {
+    super('rate_limited', 429, detail)
+    this.headers['retry-after'] = String(Math.max(1, Math.ceil(retryAfterSeconds)))
+  }
+}
+
+export class QuotaExceeded extends TollgateError {
+  constructor (retryAfterSeconds: number, detail = 'quota exhausted for this window') {
+    super('quota_exceeded', 429, detail)
+    this.headers['retry-after'] = String(Math.max(1, Math.ceil(retryAfterSeconds)))
+  }
+}
+
+export class StoreUnavailable extends TollgateError {
+  constructor (options?: ErrorOptions) {
+    super('store_unavailable', 503, 'the state store is unavailable', options)
+  }
+}
+
+/** Whether a bearer-token challenge should carry error="..." (RFC 6750 §3). */
+export function bearerChallenge (err: TollgateError, realm = 'tollgate'): string | undefined {
+  if (err instanceof MissingToken) return `Bearer realm="${realm}"`
+  if (err instanceof InsufficientScope) {
+    return `Bearer realm="${realm}", error="insufficient_scope", error_description="${quote(err.message)}", scope="${quote(err.requiredScope)}"`
+  }
+  if (err.statusCode === 401) {
+    return `Bearer realm="${realm}", error="invalid_token", error_description="${quote(err.message)}"`
+  }
+  return undefined
+}
+
+// RFC 6750 §3: attribute values are quoted-strings; keep them to printable ASCII without quotes.
+function quote (value: string): string {
+  return value.replace(/[^\x20-\x7e]|["\\]/g, '')
+}

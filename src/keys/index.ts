@@ -1,0 +1,204 @@
+// The signing key set. Owns creation, encryption at rest, rotation and the public JWKS; never signs
+// or verifies a token itself (tokens/ does, with the keys this hands out).
+//
+// A key's state is derived from two times kept in the store, so every replica computes the same
+// answer and a rotation is a single insert:
+//   next     activatesAt > now                  published, not signing yet
+//   current  the newest key with activatesAt <= now: signs
+//   retired  an older key: published until (the time it stopped signing) + max token lifetime + leeway
+//   removed  past that: deleted from the store
+import type { KeyObject } from 'node:crypto'
+import type { KeyRecord, Store } from '../store/index.js'
+import { assertKeyStrength, decryptPrivateKey, deriveKek, encryptPrivateKey, generateKey, publicKeyFromJwk, type SigningAlgorithm } from './material.js'
+
+export type KeyState = 'next' | 'current' | 'retired' | 'removed'
+
+export interface SigningKey {
+  kid: string
+  alg: SigningAlgorithm
+  privateKey: KeyObject
+}
+
+export interface VerificationKey {
+  kid: string
+  alg: SigningAlgorithm
+  publicKey: KeyObject
+}
+
+export interface KeyInfo {
+  kid: string
+  alg: SigningAlgorithm
+  state: KeyState
+  createdAt: number
+  activatesAt: number
+  /** When the key stopped signing (retired keys). */
+  retiredAt?: number
+  /** When the key leaves the JWKS (retired keys). */
+  removeAt?: number
+}
+
+export interface KeyManagerOptions {
+  store: Store
+  secret: string
+  algorithm: SigningAlgorithm
+  /** Seconds a key signs before a successor is created. */
+  rotateAfter: number
+  /** Seconds a new key is published before it signs. */
+  publishAhead: number
+  /** Seconds: the longest lifetime any token can have, plus leeway (how long a retired key stays published). */
+  retireGrace: number
+  clock?: () => number
+}
+
+export class KeyManager {
+  readonly #store: Store
+  readonly #kek: Buffer
+  readonly #opts: KeyManagerOptions
+  readonly #clock: () => number
+  /** Decrypted material by kid; key rows never change, so a kid's material is loaded once. */
+  readonly #material = new Map<string, { record: KeyRecord, privateKey: KeyObject, publicKey: KeyObject }>()
+  #records: KeyRecord[] = []
+  #published = new Map<string, VerificationKey>()
+  #jwks = '{"keys":[]}'
+  #jwksKids = ''
+
+  constructor (options: KeyManagerOptions) {
+    this.#opts = options
+    this.#store = options.store
+    this.#kek = deriveKek(options.secret)
+    this.#clock = options.clock ?? Date.now
+  }
+
+  /** Loads the key set, creating the first key when the store has none. */
+  async init (): Promise<void> {
+    await this.reload()
+    if (this.#records.length === 0) {
+      const now = this.#clock()
+      await this.#add(now, now) // the first key signs at once: nobody can hold a stale JWKS yet
+      await this.reload()
+    }
+  }
+
+  /** Re-reads the key set from the store (another replica or the CLI may have rotated). */
+  async reload (): Promise<void> {
+    const records = await this.#store.listKeys()
+    for (const record of records) {
+      if (this.#material.has(record.kid)) continue
+      const privateKey = decryptPrivateKey(record.privateEnc, record.kid, this.#kek)
+      const publicKey = publicKeyFromJwk(record.publicJwk)
+      assertKeyStrength(publicKey, record.alg)
+      this.#material.set(record.kid, { record, privateKey, publicKey })
+    }
+    for (const kid of this.#material.keys()) {
+      if (!records.some(r => r.kid === kid)) this.#material.delete(kid)
+    }
+    this.#records = records.sort((a, b) => a.activatesAt - b.activatesAt || a.createdAt - b.createdAt)
+    this.#refreshPublished()
+  }
+
+  /** Rotation and removal due now; run periodically. Returns what changed, for the log. */
+  async maintain (): Promise<{ rotated?: string, removed: string[] }> {
+    await this.reload()
+    const now = this.#clock()
+    const infos = this.list()
+    const removed = infos.filter(k => k.state === 'removed').map(k => k.kid)
+    if (removed.length > 0) await this.#store.deleteKeys(removed)
+    const current = infos.find(k => k.state === 'current')
+    const pending = infos.some(k => k.state === 'next')
+    let rotated: string | undefined
+    const due = current === undefined ||
+      now - current.activatesAt >= this.#opts.rotateAfter * 1000 ||
+      current.alg !== this.#opts.algorithm
+    if (due && !pending) rotated = await this.rotate()
+    if (removed.length > 0 || rotated !== undefined) await this.reload()
+    return rotated === undefined ? { removed } : { rotated, removed }
+  }
+
+  /**
+   * Creates the next key: published now, signing after `publishAhead`. Returns its kid, or
+   * undefined when a rotation is already pending.
+   */
+  async rotate (options: { publishAhead?: number } = {}): Promise<string | undefined> {
+    const now = this.#clock()
+    const kid = await this.#add(now, now + (options.publishAhead ?? this.#opts.publishAhead) * 1000)
+    if (kid !== undefined) await this.reload()
+    return kid
+  }
+
+  async #add (createdAt: number, activatesAt: number): Promise<string | undefined> {
+    const key = generateKey(this.#opts.algorithm)
+    const record: KeyRecord = {
+      kid: key.kid,
+      alg: key.alg,
+      publicJwk: key.publicJwk,
+      privateEnc: encryptPrivateKey(key.privateKey, key.kid, this.#kek),
+      createdAt,
+      activatesAt
+    }
+    return (await this.#store.addKeyIfNoPending(record, createdAt)) ? key.kid : undefined
+  }
+
+  /** Every key with its state at `now`. */
+  list (now = this.#clock()): KeyInfo[] {
+    const active = this.#records.filter(r => r.activatesAt <= now)
+    const current = active.at(-1)
+    return this.#records.map(r => {
+      const info: KeyInfo = { kid: r.kid, alg: r.alg, state: 'next', createdAt: r.createdAt, activatesAt: r.activatesAt }
+      if (r.activatesAt > now) return info
+      if (r === current) return { ...info, state: 'current' }
+      // Retired when the key after it started signing.
+      const successor = active[active.indexOf(r) + 1]
+      const retiredAt = successor?.activatesAt ?? now
+      const removeAt = retiredAt + this.#opts.retireGrace * 1000
+      return { ...info, state: removeAt <= now ? 'removed' : 'retired', retiredAt, removeAt }
+    })
+  }
+
+  /** The key that signs now. Throws when there is none (the store has not been initialised). */
+  signingKey (): SigningKey {
+    const now = this.#clock()
+    let current: KeyRecord | undefined
+    for (const r of this.#records) if (r.activatesAt <= now) current = r
+    const material = current === undefined ? undefined : this.#material.get(current.kid)
+    if (current === undefined || material === undefined) throw new Error('no signing key is loaded')
+    return { kid: current.kid, alg: current.alg, privateKey: material.privateKey }
+  }
+
+  /** A published key by kid, looked up only in memory (never fetched, never a path). */
+  verificationKey (kid: string): VerificationKey | undefined {
+    return this.#published.get(kid)
+  }
+
+  /** The public JWKS document as a JSON string (RFC 7517), rebuilt only when the set changes. */
+  jwks (): string {
+    this.#refreshPublished()
+    return this.#jwks
+  }
+
+  /** True when a key can sign now and the set is loaded. */
+  healthy (): boolean {
+    try {
+      this.signingKey()
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  #refreshPublished (): void {
+    const published = this.list().filter(k => k.state !== 'removed')
+    const kids = published.map(k => k.kid).join(',')
+    if (kids === this.#jwksKids) return
+    const map = new Map<string, VerificationKey>()
+    const keys: Array<Record<string, unknown>> = []
+    for (const info of published) {
+      const material = this.#material.get(info.kid)
+      if (material === undefined) continue
+      map.set(info.kid, { kid: info.kid, alg: info.alg, publicKey: material.publicKey })
+      keys.push(material.record.publicJwk)
+    }
+    this.#published = map
+    this.#jwks = JSON.stringify({ keys })
+    this.#jwksKids = kids
+  }
+}

@@ -1,0 +1,78 @@
+// Client authentication for the OAuth endpoints (RFC 6749 §2.3.1): HTTP Basic
+// (client_secret_basic) or client_id + client_secret in the body (client_secret_post), never both.
+import type { FastifyRequest } from 'fastify'
+import type { Client, ClientRegistry } from '../clients/index.js'
+import { InvalidClient, OAuthError } from '../errors.js'
+
+export interface OAuthBody {
+  client_id?: string
+  client_secret?: string
+  [name: string]: unknown
+}
+
+interface Credentials {
+  id: string
+  secret: string
+}
+
+function formDecode (value: string): string {
+  return decodeURIComponent(value.replace(/\+/g, ' '))
+}
+
+function basicCredentials (header: string | undefined): Credentials | undefined | 'malformed' {
+  if (header === undefined) return undefined
+  const m = /^Basic ([A-Za-z0-9+/]+={0,2})$/i.exec(header.trim())
+  if (m === null) return /^Basic\b/i.test(header.trim()) ? 'malformed' : undefined
+  const decoded = Buffer.from(m[1] as string, 'base64').toString('utf8')
+  const colon = decoded.indexOf(':')
+  if (colon <= 0) return 'malformed'
+  try {
+    // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    return { id: formDecode(decoded.slice(0, colon)), secret: formDecode(decoded.slice(colon + 1)) }
+  } catch {
+    return 'malformed'
+  }
+}
+
+/** The authenticated client, or throws invalid_client (401) / invalid_request (400). */
+export async function authenticateClient (request: FastifyRequest, clients: ClientRegistry): Promise<Client> {
+  const body = (request.body ?? {}) as OAuthBody
+  const basic = basicCredentials(request.headers.authorization)
+  if (basic === 'malformed') throw new InvalidClient('malformed Basic credentials')
+  if (basic !== undefined) {
+    if (body.client_secret !== undefined) throw new OAuthError('invalid_request', 'use one client authentication method, not Basic and client_secret together')
+    if (body.client_id !== undefined && body.client_id !== basic.id) throw new OAuthError('invalid_request', 'client_id in the body differs from the Basic credentials')
+  }
+  const creds = basic ?? (body.client_id !== undefined && body.client_secret !== undefined
+    ? { id: body.client_id, secret: body.client_secret }
+    : undefined)
+  if (creds === undefined) {
+    if (body.client_id !== undefined) request.auditClientId = body.client_id
+    throw new InvalidClient('client authentication required')
+  }
+  request.auditClientId = creds.id
+  const client = await clients.authenticate(creds.id, creds.secret)
+  if (client === undefined) throw new InvalidClient()
+  return client
+}
+
+/** Space-separated list (RFC 6749 §3.3), de-duplicated, order kept. */
+export function spaceList (value: unknown): string[] | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'string') throw new OAuthError('invalid_request', 'list parameters must be space-separated strings')
+  return [...new Set(value.split(' ').filter(Boolean))]
+}
+
+/**
+ * preValidation for OAuth bodies: a repeated parameter (form) or a non-string value (JSON) is
+ * invalid_request (RFC 6749 §3.1), before the schema sees it.
+ */
+export async function rejectRepeatedParameters (request: FastifyRequest): Promise<void> {
+  const body = request.body
+  if (body === undefined || body === null) return
+  if (typeof body !== 'object' || Array.isArray(body)) throw new OAuthError('invalid_request', 'the body must be a form or a JSON object')
+  for (const [name, value] of Object.entries(body)) {
+    if (Array.isArray(value)) throw new OAuthError('invalid_request', `parameter ${name} is repeated`)
+    if (value !== null && typeof value === 'object') throw new OAuthError('invalid_request', `parameter ${name} must be a string`)
+  }
+}

@@ -1,0 +1,96 @@
+// Decorates the app with the Fastify-free pieces (store, keys, tokens, clients, quotas), starts
+// their background work (key maintenance, revocation sync, housekeeping) and closes everything
+// on `onClose`, so `app.close()` leaves nothing running.
+import fp from 'fastify-plugin'
+import { ClientRegistry } from '../clients/index.js'
+import type { Config } from '../config.js'
+import { KeyManager } from '../keys/index.js'
+import { resolveSecret } from '../keys/material.js'
+import { Quotas } from '../quota/index.js'
+import { openStore, type Store } from '../store/index.js'
+import { Tokens } from '../tokens/index.js'
+
+export interface CoreOptions {
+  config: Config
+  clock?: () => number
+  /** A store to use instead of opening the configured one (its owner closes it). */
+  store?: Store
+  /** How often the key set is re-read and rotated when due (ms). */
+  keyReloadMs?: number
+  /** How often expired records are purged (ms). */
+  purgeMs?: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+    clock: () => number
+    store: Store
+    keys: KeyManager
+    tokens: Tokens
+    clients: ClientRegistry
+    quotas: Quotas
+  }
+}
+
+export const KEY_RELOAD_MS = 10_000
+
+export default fp<CoreOptions>(async function core (app, opts) {
+  const { config } = opts
+  const clock = opts.clock ?? Date.now
+  const store = opts.store ?? await openStore(config)
+  if (opts.store === undefined) app.addHook('onClose', async () => { await store.close() })
+
+  const { secret, generated, file } = resolveSecret(config.secret, config.dataDir)
+  if (generated) app.log.warn({ file }, 'generated a key-encryption secret; set TOLLGATE_SECRET to manage it yourself (replicas must share one)')
+  const keyReloadMs = opts.keyReloadMs ?? KEY_RELOAD_MS
+  const keys = new KeyManager({
+    store,
+    secret,
+    algorithm: config.keys.algorithm,
+    rotateAfter: config.keys.rotateAfter,
+    publishAhead: config.keys.publishAhead ?? config.keys.jwksMaxAge + 2 * keyReloadMs / 1000 + 30,
+    retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
+    clock
+  })
+  await keys.init()
+  await keys.maintain()
+
+  const tokens = new Tokens({
+    keys,
+    store,
+    issuer: config.issuer,
+    leeway: config.tokens.leeway,
+    maxLifetime: config.tokens.maxLifetime,
+    clock
+  })
+  await tokens.start()
+
+  app.decorate('config', config)
+  app.decorate('clock', clock)
+  app.decorate('store', store)
+  app.decorate('keys', keys)
+  app.decorate('tokens', tokens)
+  app.decorate('clients', new ClientRegistry(config.clients, clock))
+  app.decorate('quotas', new Quotas(store, clock))
+
+  const timers = [
+    setInterval(() => {
+      keys.maintain().then(
+        changed => { if (changed.rotated !== undefined || changed.removed.length > 0) app.log.info({ event: 'keys.maintained', ...changed }, 'key set changed') },
+        err => app.log.error({ err }, 'key maintenance failed')
+      )
+    }, keyReloadMs),
+    setInterval(() => {
+      store.purgeExpired(clock(), 1000).then(
+        n => { if (n > 0) app.log.debug({ purged: n }, 'purged expired records') },
+        err => app.log.warn({ err }, 'purge failed')
+      )
+    }, opts.purgeMs ?? 60_000)
+  ]
+  for (const t of timers) t.unref()
+  app.addHook('onClose', async () => {
+    for (const t of timers) clearInterval(t)
+    tokens.stop()
+  })
+}, { name: 'tollgate-core' })

@@ -1,0 +1,67 @@
+// Rate limits through @fastify/rate-limit, with counters kept in the Store (so they survive a
+// restart and are shared by replicas on Redis). Each limit is a small async check the routes call
+// where it belongs in their pipeline: per IP on the OAuth endpoints; per IP and per verified
+// subject on /validate and /call. The plugin's one-limit-per-request guard does not apply to
+// `createRateLimit`, which is why the checks are built on it.
+import rateLimit, { type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { RateLimited, StoreUnavailable } from '../errors.js'
+import type { Store } from '../store/index.js'
+
+export type Limiter = (request: FastifyRequest) => Promise<void>
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    limiters: { token: Limiter, perIp: Limiter, perSubject: Limiter }
+  }
+}
+
+type IncrCallback = (err: Error | null, res?: { current: number, ttl: number }) => void
+
+/** A @fastify/rate-limit store class over Store.incrementCounter, namespaced per limiter. */
+function storeAdapter (store: Store, clock: () => number): FastifyRateLimitStoreCtor {
+  return class StoreRateLimitStore {
+    constructor (_options: unknown, readonly prefix = 'rl') {}
+
+    incr (key: string, cb: IncrCallback, timeWindow: number): void {
+      store.incrementCounter(`${this.prefix}:${key}`, timeWindow, clock()).then(
+        r => { cb(null, { current: r.count, ttl: r.ttl }) },
+        err => { cb(new StoreUnavailable({ cause: err })) }
+      )
+    }
+
+    child (routeOptions: object): StoreRateLimitStore {
+      const named = routeOptions as { nameSpace?: string, groupId?: string }
+      return new StoreRateLimitStore(routeOptions, `rl:${named.nameSpace ?? named.groupId ?? 'route'}`)
+    }
+  }
+}
+
+export default fp(async function rateLimits (app: FastifyInstance) {
+  const limits = app.config.rateLimits
+  await app.register(rateLimit, {
+    global: false,
+    store: storeAdapter(app.store, app.clock),
+    skipOnError: limits.onStoreError === 'fail-open'
+  })
+
+  const make = (name: string, limit: { max: number, window: number }, key: (r: FastifyRequest) => string): Limiter => {
+    const check = app.createRateLimit({ max: limit.max, timeWindow: limit.window * 1000, keyGenerator: key, nameSpace: name } as any)
+    return async (request) => {
+      const result = await check(request)
+      if (!result.isAllowed && result.isExceeded) {
+        app.metrics.rejections.inc({ reason: `rate_limited_${name}` })
+        const err = new RateLimited(result.ttlInSeconds, `rate limit exceeded (${name})`)
+        err.headers['ratelimit-policy'] = `"${name}";q=${limit.max};w=${limit.window}`
+        err.headers.ratelimit = `"${name}";r=0;t=${result.ttlInSeconds}`
+        throw err
+      }
+    }
+  }
+  app.decorate('limiters', {
+    token: make('token', limits.token, r => r.ip),
+    perIp: make('ip', limits.perIp, r => r.ip),
+    perSubject: make('subject', limits.perSubject, r => r.principal?.sub ?? `ip:${r.ip}`)
+  })
+}, { name: 'tollgate-rate-limits', dependencies: ['tollgate-core', 'tollgate-metrics'] })

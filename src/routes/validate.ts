@@ -1,0 +1,128 @@
+// POST /validate: token introspection (RFC 7662). GET /validate: the forward-auth decision for
+// nginx auth_request, Traefik ForwardAuth and Envoy ext_authz (200, 401 or 403 only).
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { Type } from 'typebox'
+import { OAuthError, StoreUnavailable, TollgateError } from '../errors.js'
+import { authenticateClient, rejectRepeatedParameters, spaceList } from '../oauth/client-auth.js'
+import { headerSafe, requireAudience, requireScopes } from '../plugins/auth.js'
+import { oauthErrors, problem, ref } from '../schemas/index.js'
+import type { Principal } from '../tokens/index.js'
+
+export const INTROSPECTION_BODY_LIMIT = 16 * 1024
+
+interface IntrospectionBody {
+  token: string
+  token_type_hint?: string
+  audience?: string
+  scope?: string
+}
+
+interface ForwardAuthQuery {
+  audience?: string
+  scope?: string
+}
+
+export default async function validateRoutes (app: FastifyInstance): Promise<void> {
+  const { metrics } = app
+
+  app.post('/validate', {
+    bodyLimit: INTROSPECTION_BODY_LIMIT,
+    config: { oauth: true },
+    onRequest: app.limiters.token,
+    preValidation: rejectRepeatedParameters,
+    schema: {
+      operationId: 'introspectToken',
+      tags: ['validation'],
+      summary: 'Introspect a token (RFC 7662)',
+      description: 'Answers `{"active": false}` for anything invalid, expired, revoked or not matching the optional `audience` and `scope`. Client-authenticated unless introspection is public.',
+      security: [{ clientBasic: [] }, {}],
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
+      body: ref('IntrospectionRequest'),
+      response: { 200: ref('IntrospectionResponse'), ...oauthErrors }
+    }
+  }, async (request, reply) => {
+    if (!app.config.introspection.public) await authenticateClient(request, app.clients)
+    const body = request.body as IntrospectionBody
+    reply.header('cache-control', 'no-store')
+    let principal: Principal
+    try {
+      principal = app.tokens.verify(body.token)
+      requireAudience(principal, body.audience)
+      requireScopes(principal, spaceList(body.scope) ?? [])
+    } catch (err) {
+      if (err instanceof StoreUnavailable) throw new OAuthError('temporarily_unavailable', 'the state store is unavailable', 503)
+      if (!(err instanceof TollgateError)) throw err
+      metrics.validations.inc({ endpoint: 'introspect', result: err.code })
+      return { active: false } // RFC 7662 §2.2: no reason is given
+    }
+    metrics.validations.inc({ endpoint: 'introspect', result: 'active' })
+    const c = principal.claims
+    const answer: Record<string, unknown> = {
+      active: true,
+      sub: c.sub,
+      client_id: c.client_id,
+      scope: c.scope,
+      aud: c.aud,
+      iss: c.iss,
+      exp: c.exp,
+      iat: c.iat,
+      nbf: c.nbf,
+      jti: c.jti,
+      token_type: 'access_token'
+    }
+    if (c.act !== undefined) answer.act = c.act
+    if (c.quota !== undefined) {
+      const usage = await app.quotas.usage(c.sub, c.quota).catch((err: unknown) => {
+        throw new OAuthError('temporarily_unavailable', 'the state store is unavailable', 503, { cause: err })
+      })
+      answer.quota = { limit: usage.limit, used: usage.used, remaining: usage.remaining, reset: usage.reset }
+    }
+    return answer
+  })
+
+  app.get('/validate', {
+    config: { forwardAuth: true },
+    schema: {
+      operationId: 'forwardAuth',
+      tags: ['validation'],
+      summary: 'Forward-auth decision',
+      description: 'For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.',
+      security: [{ bearerAuth: [] }],
+      querystring: Type.Object({
+        audience: Type.Optional(Type.String({ description: 'The token must carry this audience' })),
+        scope: Type.Optional(Type.String({ description: 'Space-separated scopes the token must carry' }))
+      }, { additionalProperties: false }),
+      response: {
+        200: Type.Object({ sub: Type.String(), client_id: Type.String(), scope: Type.String(), aud: Type.Array(Type.String()) }),
+        401: problem,
+        403: problem,
+        503: problem
+      }
+    },
+    onRequest: app.authenticate,
+    preHandler: [
+      async (request: FastifyRequest) => {
+        const query = request.query as ForwardAuthQuery
+        const principal = request.principal as Principal
+        requireAudience(principal, query.audience)
+        requireScopes(principal, spaceList(query.scope) ?? [])
+      },
+      app.limiters.perIp,
+      app.limiters.perSubject
+    ],
+    onError: async (request, _reply, err) => {
+      metrics.validations.inc({ endpoint: 'forward_auth', result: (err as TollgateError).code ?? 'error' })
+    }
+  }, async (request, reply) => {
+    const p = request.principal as Principal
+    metrics.validations.inc({ endpoint: 'forward_auth', result: 'allowed' })
+    reply.headers({
+      'x-auth-subject': headerSafe(p.sub, 'sub'),
+      'x-auth-client-id': headerSafe(p.clientId, 'client_id'),
+      'x-auth-scope': headerSafe(p.scope, 'scope'),
+      'x-auth-audience': headerSafe(p.aud.join(' '), 'aud'),
+      'cache-control': 'no-store'
+    })
+    return { sub: p.sub, client_id: p.clientId, scope: p.scope, aud: p.aud }
+  })
+}

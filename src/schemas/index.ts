@@ -1,0 +1,149 @@
+// Shared TypeBox schemas: registered once with `$id`, referenced by routes, and named components
+// in the OpenAPI document.
+import type { FastifyInstance } from 'fastify'
+import { Type, type TSchema } from 'typebox'
+
+export const OAuthErrorSchema = Type.Object({
+  error: Type.String({ description: 'RFC 6749 §5.2 error code', examples: ['invalid_request'] }),
+  error_description: Type.Optional(Type.String())
+}, { $id: 'OAuthError', description: 'RFC 6749 §5.2 error response' })
+
+export const ProblemSchema = Type.Object({
+  type: Type.String(),
+  title: Type.String(),
+  status: Type.Integer(),
+  detail: Type.String(),
+  code: Type.String({ description: 'Stable machine-readable code', examples: ['invalid_token', 'insufficient_scope', 'quota_exceeded'] })
+}, { $id: 'Problem', description: 'RFC 9457 problem details' })
+
+const stringParam = (description: string): TSchema => Type.String({ description })
+
+export const TokenRequestSchema = Type.Object({
+  grant_type: Type.String({ description: 'client_credentials, refresh_token or urn:ietf:params:oauth:grant-type:token-exchange' }),
+  scope: Type.Optional(stringParam('Space-separated scopes; default: all the client may have')),
+  audience: Type.Optional(stringParam('Space-separated audiences; default: all the client may use')),
+  client_id: Type.Optional(stringParam('client_secret_post authentication')),
+  client_secret: Type.Optional(stringParam('client_secret_post authentication')),
+  refresh_token: Type.Optional(stringParam('refresh_token grant')),
+  subject_token: Type.Optional(stringParam('token exchange (RFC 8693)')),
+  subject_token_type: Type.Optional(stringParam('token exchange (RFC 8693)')),
+  requested_token_type: Type.Optional(stringParam('token exchange (RFC 8693)')),
+  resource: Type.Optional(stringParam('not supported: use audience'))
+}, { $id: 'TokenRequest', additionalProperties: false })
+
+export const TokenResponseSchema = Type.Object({
+  access_token: Type.String(),
+  token_type: Type.Literal('Bearer'),
+  expires_in: Type.Integer({ description: 'Seconds' }),
+  scope: Type.String(),
+  refresh_token: Type.Optional(Type.String()),
+  issued_token_type: Type.Optional(Type.String())
+}, { $id: 'TokenResponse' })
+
+export const RefreshRequestSchema = Type.Object({
+  grant_type: Type.Optional(Type.Literal('refresh_token')),
+  refresh_token: Type.String(),
+  scope: Type.Optional(stringParam('Space-separated; may narrow, never widen')),
+  audience: Type.Optional(stringParam('Space-separated; may narrow, never widen')),
+  client_id: Type.Optional(Type.String()),
+  client_secret: Type.Optional(Type.String())
+}, { $id: 'RefreshRequest', additionalProperties: false })
+
+export const RevokeRequestSchema = Type.Object({
+  token: Type.String(),
+  token_type_hint: Type.Optional(Type.String({ description: 'access_token or refresh_token' })),
+  client_id: Type.Optional(Type.String()),
+  client_secret: Type.Optional(Type.String())
+}, { $id: 'RevokeRequest', additionalProperties: false })
+
+export const IntrospectionRequestSchema = Type.Object({
+  token: Type.String(),
+  token_type_hint: Type.Optional(Type.String()),
+  audience: Type.Optional(stringParam('The token must carry this audience')),
+  scope: Type.Optional(stringParam('Space-separated scopes the token must carry')),
+  client_id: Type.Optional(Type.String()),
+  client_secret: Type.Optional(Type.String())
+}, { $id: 'IntrospectionRequest', additionalProperties: false })
+
+export const QuotaUsageSchema = Type.Object({
+  limit: Type.Integer(),
+  used: Type.Integer(),
+  remaining: Type.Integer(),
+  reset: Type.Integer({ description: 'Seconds until the window resets' })
+}, { $id: 'QuotaUsage' })
+
+export const IntrospectionResponseSchema = Type.Object({
+  active: Type.Boolean(),
+  sub: Type.Optional(Type.String()),
+  client_id: Type.Optional(Type.String()),
+  scope: Type.Optional(Type.String()),
+  aud: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
+  iss: Type.Optional(Type.String()),
+  exp: Type.Optional(Type.Integer()),
+  iat: Type.Optional(Type.Integer()),
+  nbf: Type.Optional(Type.Integer()),
+  jti: Type.Optional(Type.String()),
+  token_type: Type.Optional(Type.Literal('access_token')),
+  act: Type.Optional(Type.Object({ sub: Type.String() }, { additionalProperties: true })),
+  quota: Type.Optional(Type.Ref('QuotaUsage'))
+}, { $id: 'IntrospectionResponse', description: 'RFC 7662 §2.2' })
+
+export const JwksSchema = Type.Object({
+  keys: Type.Array(Type.Object({
+    kty: Type.String(),
+    kid: Type.String(),
+    alg: Type.String(),
+    use: Type.String(),
+    crv: Type.Optional(Type.String()),
+    x: Type.Optional(Type.String()),
+    y: Type.Optional(Type.String()),
+    n: Type.Optional(Type.String()),
+    e: Type.Optional(Type.String())
+  }))
+}, { $id: 'Jwks', description: 'RFC 7517 JWK Set' })
+
+export const HealthSchema = Type.Object({
+  status: Type.Union([Type.Literal('ok'), Type.Literal('fail')]),
+  checks: Type.Object({
+    store: Type.Union([Type.Literal('ok'), Type.Literal('fail')]),
+    keys: Type.Union([Type.Literal('ok'), Type.Literal('fail')])
+  })
+}, { $id: 'Health' })
+
+export const MetadataSchema = Type.Object({
+  issuer: Type.String(),
+  token_endpoint: Type.String(),
+  jwks_uri: Type.String(),
+  introspection_endpoint: Type.String(),
+  revocation_endpoint: Type.String(),
+  grant_types_supported: Type.Array(Type.String()),
+  response_types_supported: Type.Array(Type.String()),
+  token_endpoint_auth_methods_supported: Type.Array(Type.String()),
+  introspection_endpoint_auth_methods_supported: Type.Array(Type.String()),
+  revocation_endpoint_auth_methods_supported: Type.Array(Type.String()),
+  service_documentation: Type.String()
+}, { $id: 'AuthorizationServerMetadata', description: 'RFC 8414' })
+
+export const SHARED_SCHEMAS = [
+  OAuthErrorSchema, ProblemSchema, TokenRequestSchema, TokenResponseSchema, RefreshRequestSchema,
+  RevokeRequestSchema, IntrospectionRequestSchema, QuotaUsageSchema, IntrospectionResponseSchema,
+  JwksSchema, HealthSchema, MetadataSchema
+]
+
+export function addSharedSchemas (app: FastifyInstance): void {
+  for (const schema of SHARED_SCHEMAS) app.addSchema(schema)
+}
+
+export const ref = (id: string): TSchema => Type.Ref(id)
+
+/** Response entries for the errors an OAuth endpoint can answer. */
+export const oauthErrors = {
+  400: ref('OAuthError'),
+  401: ref('OAuthError'),
+  413: ref('OAuthError'),
+  415: ref('OAuthError'),
+  429: ref('OAuthError'),
+  503: ref('OAuthError')
+}
+
+export const problem = ref('Problem')

@@ -1,0 +1,128 @@
+// The Store: every piece of durable or shared state behind one interface. Each method is one
+// atomic operation, so the SQLite implementation does it in one transaction and the Redis one in
+// one Lua script. Business rules (who may rotate what, when a key becomes current) live in the
+// callers; the store only keeps and swaps state. All times are epoch milliseconds.
+import type { Config } from '../config.js'
+
+export interface KeyRecord {
+  /** RFC 7638 thumbprint of the public key. */
+  kid: string
+  alg: 'ES256' | 'EdDSA' | 'RS256'
+  /** Public JWK (JSON object). */
+  publicJwk: Record<string, unknown>
+  /** Private key, PKCS#8 DER encrypted with AES-256-GCM under the key-encryption secret. */
+  privateEnc: string
+  /** Published in the JWKS from this time on. */
+  createdAt: number
+  /** Signs from this time on (createdAt + publish-ahead). */
+  activatesAt: number
+}
+
+export interface QuotaResult {
+  granted: boolean
+  /** Usage in the window after the operation (unchanged when refused). */
+  used: number
+}
+
+export interface RefreshFamily {
+  id: string
+  clientId: string
+  sub: string
+  scope: string
+  aud: string[]
+  /** Extra claims carried into every access token minted from the family (e.g. `act`). */
+  extra: Record<string, unknown>
+  createdAt: number
+  /** Absolute expiry (createdAt + refreshTtl). */
+  expiresAt: number
+  /** Hash of the one refresh token that may be used now. */
+  currentHash: string
+  lastUsedAt: number
+  /** Set when the family was revoked (reuse detected or explicit revocation). */
+  revokedAt?: number
+}
+
+export type RotateResult =
+  /** The presented token was current: it is now replaced by `newHash`. */
+  | { status: 'rotated', family: RefreshFamily }
+  /** The presented token was an earlier one of a live family: the family is now revoked. */
+  | { status: 'reused', family: RefreshFamily }
+  /** The family is revoked already, or the token is unknown. */
+  | { status: 'revoked', family: RefreshFamily }
+  | { status: 'unknown' }
+
+export interface Revocation {
+  kind: 'jti' | 'family'
+  id: string
+  /** The entry is kept until then: the latest `exp` of any token it denies. */
+  expiresAt: number
+}
+
+export interface RevocationPage {
+  entries: Revocation[]
+  /** Pass back as `after` to get what was added since. */
+  cursor: string
+}
+
+export interface CounterResult {
+  count: number
+  /** Milliseconds until the counter's window ends. */
+  ttl: number
+}
+
+export interface Store {
+  readonly kind: 'sqlite' | 'redis'
+
+  // ---- key set
+  listKeys (): Promise<KeyRecord[]>
+  /** Adds `key` unless some key activates after `now` (one pending rotation at a time). */
+  addKeyIfNoPending (key: KeyRecord, now: number): Promise<boolean>
+  deleteKeys (kids: string[]): Promise<void>
+
+  // ---- quota: fixed windows keyed by subject and window start
+  /** Atomically adds `cost` to the window's usage if the result stays <= limit. */
+  consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number): Promise<QuotaResult>
+  /** Gives back `cost` (never below zero). */
+  refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void>
+  getQuota (sub: string, windowStart: number, windowMs: number): Promise<number>
+
+  // ---- refresh-token families
+  createFamily (family: RefreshFamily, tokenHash: string): Promise<void>
+  /**
+   * Compare-and-swap rotation. When `tokenHash` is the family's current token and the family is
+   * live, the family moves to `newHash` and `lastUsedAt = now`. When it is an earlier token of the
+   * family, the family is revoked at `now` (reuse detection). Exactly one of any number of
+   * concurrent callers with the same token gets `rotated`.
+   */
+  rotateRefresh (tokenHash: string, newHash: string, now: number): Promise<RotateResult>
+  /** The family a refresh token (current or earlier) belongs to. */
+  findFamily (tokenHash: string): Promise<RefreshFamily | undefined>
+  revokeFamily (id: string, now: number): Promise<void>
+
+  // ---- revocations (denylist of access-token `jti`s and refresh families)
+  addRevocation (revocation: Revocation): Promise<void>
+  /** Entries added after `after` (all live ones when undefined), for every replica's in-memory set. */
+  listRevocations (after: string | undefined, now: number): Promise<RevocationPage>
+
+  // ---- rate-limit counters (fixed windows)
+  incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult>
+
+  // ---- housekeeping
+  /** Deletes up to `limit` expired records of each kind; returns how many went. */
+  purgeExpired (now: number, limit: number): Promise<number>
+  /** Throws when the store cannot serve requests. */
+  ping (): Promise<void>
+  close (): Promise<void>
+}
+
+export async function openStore (config: Config): Promise<Store> {
+  if (config.store.redis !== undefined) {
+    throw new Error('store.redis: the Redis store is not available in this build')
+  }
+  const { SqliteStore } = await import('./sqlite.js')
+  return SqliteStore.open(sqlitePath(config))
+}
+
+export function sqlitePath (config: Config): string {
+  return config.store.sqlite ?? `${config.dataDir.replace(/\/+$/, '')}/tollgate.db`
+}

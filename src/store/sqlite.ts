@@ -1,0 +1,234 @@
+// The embedded Store: one SQLite file (better-sqlite3, WAL). Every method is one statement or one
+// IMMEDIATE transaction, so it is atomic against other connections to the same file (the CLI,
+// a second process) as well as within this process. Calls are synchronous and short; the async
+// signatures only match the Store interface.
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import Database from 'better-sqlite3'
+import type { CounterResult, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS keys (
+  kid TEXT PRIMARY KEY, alg TEXT NOT NULL, public_jwk TEXT NOT NULL, private_enc TEXT NOT NULL,
+  created_at INTEGER NOT NULL, activates_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quota (
+  sub TEXT NOT NULL, window_ms INTEGER NOT NULL, window_start INTEGER NOT NULL,
+  used INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  PRIMARY KEY (sub, window_ms, window_start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quota_expiry ON quota (expires_at);
+CREATE TABLE IF NOT EXISTS families (
+  id TEXT PRIMARY KEY, client_id TEXT NOT NULL, sub TEXT NOT NULL, scope TEXT NOT NULL,
+  aud TEXT NOT NULL, extra TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  current_hash TEXT NOT NULL, last_used_at INTEGER NOT NULL, revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS families_expiry ON families (expires_at);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+  hash TEXT PRIMARY KEY, family_id TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family_id);
+CREATE TABLE IF NOT EXISTS revocations (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL, expires_at INTEGER NOT NULL,
+  UNIQUE (kind, id)
+);
+CREATE INDEX IF NOT EXISTS revocations_expiry ON revocations (expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+  key TEXT PRIMARY KEY, window_start INTEGER NOT NULL, count INTEGER NOT NULL, expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
+`
+
+interface FamilyRow {
+  id: string
+  client_id: string
+  sub: string
+  scope: string
+  aud: string
+  extra: string
+  created_at: number
+  expires_at: number
+  current_hash: string
+  last_used_at: number
+  revoked_at: number | null
+}
+
+function toFamily (row: FamilyRow): RefreshFamily {
+  const family: RefreshFamily = {
+    id: row.id,
+    clientId: row.client_id,
+    sub: row.sub,
+    scope: row.scope,
+    aud: JSON.parse(row.aud),
+    extra: JSON.parse(row.extra),
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    currentHash: row.current_hash,
+    lastUsedAt: row.last_used_at
+  }
+  if (row.revoked_at !== null) family.revokedAt = row.revoked_at
+  return family
+}
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const
+  readonly #db: Database.Database
+  readonly #stmt
+
+  private constructor (db: Database.Database) {
+    this.#db = db
+    this.#stmt = {
+      listKeys: db.prepare('SELECT * FROM keys ORDER BY activates_at'),
+      pendingKeys: db.prepare('SELECT count(*) AS n FROM keys WHERE activates_at > ?').pluck(),
+      insertKey: db.prepare('INSERT INTO keys (kid, alg, public_jwk, private_enc, created_at, activates_at) VALUES (?, ?, ?, ?, ?, ?)'),
+      deleteKey: db.prepare('DELETE FROM keys WHERE kid = ?'),
+      consume: db.prepare(`INSERT INTO quota (sub, window_ms, window_start, used, expires_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = used + excluded.used WHERE used + excluded.used <= ?
+        RETURNING used`).pluck(),
+      refund: db.prepare('UPDATE quota SET used = max(0, used - ?) WHERE sub = ? AND window_ms = ? AND window_start = ?'),
+      getQuota: db.prepare('SELECT used FROM quota WHERE sub = ? AND window_ms = ? AND window_start = ?').pluck(),
+      insertFamily: db.prepare(`INSERT INTO families (id, client_id, sub, scope, aud, extra, created_at, expires_at, current_hash, last_used_at)
+        VALUES (@id, @clientId, @sub, @scope, @aud, @extra, @createdAt, @expiresAt, @currentHash, @lastUsedAt)`),
+      insertToken: db.prepare('INSERT INTO refresh_tokens (hash, family_id) VALUES (?, ?)'),
+      familyOfToken: db.prepare('SELECT f.* FROM refresh_tokens t JOIN families f ON f.id = t.family_id WHERE t.hash = ?'),
+      swap: db.prepare('UPDATE families SET current_hash = ?, last_used_at = ? WHERE id = ? AND current_hash = ? AND revoked_at IS NULL'),
+      revokeFamily: db.prepare('UPDATE families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
+      addRevocation: db.prepare(`INSERT INTO revocations (kind, id, expires_at) VALUES (?, ?, ?)
+        ON CONFLICT (kind, id) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)`),
+      listRevocations: db.prepare('SELECT seq, kind, id, expires_at FROM revocations WHERE seq > ? AND expires_at > ? ORDER BY seq LIMIT 5000'),
+      maxSeq: db.prepare('SELECT coalesce(max(seq), 0) FROM revocations').pluck(),
+      counter: db.prepare(`INSERT INTO counters (key, window_start, count, expires_at) VALUES (?, ?, 1, ?)
+        ON CONFLICT (key) DO UPDATE SET
+          count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
+          window_start = excluded.window_start, expires_at = excluded.expires_at
+        RETURNING count`).pluck(),
+      purgeQuota: db.prepare('DELETE FROM quota WHERE (sub, window_ms, window_start) IN (SELECT sub, window_ms, window_start FROM quota WHERE expires_at <= ? LIMIT ?)'),
+      expiredFamilies: db.prepare('SELECT id FROM families WHERE expires_at <= ? LIMIT ?').pluck(),
+      deleteFamilyTokens: db.prepare('DELETE FROM refresh_tokens WHERE family_id = ?'),
+      deleteFamily: db.prepare('DELETE FROM families WHERE id = ?'),
+      purgeRevocations: db.prepare('DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE expires_at <= ? LIMIT ?)'),
+      purgeCounters: db.prepare('DELETE FROM counters WHERE key IN (SELECT key FROM counters WHERE expires_at <= ? LIMIT ?)'),
+      ping: db.prepare('SELECT 1').pluck()
+    }
+  }
+
+  static open (file: string): SqliteStore {
+    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
+    const db = new Database(file)
+    db.pragma('journal_mode = WAL')
+    db.pragma('synchronous = NORMAL') // durable across a process kill; an OS crash may lose the last commits
+    db.pragma('busy_timeout = 1000') // a short wait: a second process (the CLI) holds locks only briefly
+    db.pragma('foreign_keys = ON')
+    db.exec(SCHEMA)
+    return new SqliteStore(db)
+  }
+
+  async listKeys (): Promise<KeyRecord[]> {
+    return (this.#stmt.listKeys.all() as any[]).map(row => ({
+      kid: row.kid,
+      alg: row.alg,
+      publicJwk: JSON.parse(row.public_jwk),
+      privateEnc: row.private_enc,
+      createdAt: row.created_at,
+      activatesAt: row.activates_at
+    }))
+  }
+
+  async addKeyIfNoPending (key: KeyRecord, now: number): Promise<boolean> {
+    return this.#db.transaction(() => {
+      if ((this.#stmt.pendingKeys.get(now) as number) > 0) return false
+      this.#stmt.insertKey.run(key.kid, key.alg, JSON.stringify(key.publicJwk), key.privateEnc, key.createdAt, key.activatesAt)
+      return true
+    }).immediate()
+  }
+
+  async deleteKeys (kids: string[]): Promise<void> {
+    this.#db.transaction(() => { for (const kid of kids) this.#stmt.deleteKey.run(kid) }).immediate()
+  }
+
+  async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number): Promise<QuotaResult> {
+    if (cost > limit) return { granted: false, used: await this.getQuota(sub, windowStart, windowMs) }
+    const used = this.#stmt.consume.get(sub, windowMs, windowStart, cost, windowStart + windowMs, limit) as number | undefined
+    if (used === undefined) return { granted: false, used: await this.getQuota(sub, windowStart, windowMs) }
+    return { granted: true, used }
+  }
+
+  async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
+    this.#stmt.refund.run(cost, sub, windowMs, windowStart)
+  }
+
+  async getQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    return (this.#stmt.getQuota.get(sub, windowMs, windowStart) as number | undefined) ?? 0
+  }
+
+  async createFamily (family: RefreshFamily, tokenHash: string): Promise<void> {
+    this.#db.transaction(() => {
+      this.#stmt.insertFamily.run({ ...family, aud: JSON.stringify(family.aud), extra: JSON.stringify(family.extra), currentHash: tokenHash })
+      this.#stmt.insertToken.run(tokenHash, family.id)
+    }).immediate()
+  }
+
+  async rotateRefresh (tokenHash: string, newHash: string, now: number): Promise<RotateResult> {
+    return this.#db.transaction((): RotateResult => {
+      const row = this.#stmt.familyOfToken.get(tokenHash) as FamilyRow | undefined
+      if (row === undefined) return { status: 'unknown' }
+      if (row.revoked_at !== null) return { status: 'revoked', family: toFamily(row) }
+      if (row.current_hash !== tokenHash) {
+        this.#stmt.revokeFamily.run(now, row.id)
+        return { status: 'reused', family: { ...toFamily(row), revokedAt: now } }
+      }
+      this.#stmt.swap.run(newHash, now, row.id, tokenHash)
+      this.#stmt.insertToken.run(newHash, row.id)
+      return { status: 'rotated', family: { ...toFamily(row), currentHash: newHash, lastUsedAt: now } }
+    }).immediate()
+  }
+
+  async findFamily (tokenHash: string): Promise<RefreshFamily | undefined> {
+    const row = this.#stmt.familyOfToken.get(tokenHash) as FamilyRow | undefined
+    return row === undefined ? undefined : toFamily(row)
+  }
+
+  async revokeFamily (id: string, now: number): Promise<void> {
+    this.#stmt.revokeFamily.run(now, id)
+  }
+
+  async addRevocation (revocation: Revocation): Promise<void> {
+    this.#stmt.addRevocation.run(revocation.kind, revocation.id, revocation.expiresAt)
+  }
+
+  async listRevocations (after: string | undefined, now: number): Promise<RevocationPage> {
+    const from = after === undefined ? 0 : Number(after)
+    const rows = this.#stmt.listRevocations.all(Number.isSafeInteger(from) ? from : 0, now) as Array<{ seq: number, kind: 'jti' | 'family', id: string, expires_at: number }>
+    const last = rows.at(-1)
+    // With no rows, move the cursor to the newest sequence so expired entries are not rescanned.
+    const cursor = last !== undefined ? last.seq : Math.max(from, this.#stmt.maxSeq.get() as number)
+    return { entries: rows.map(r => ({ kind: r.kind, id: r.id, expiresAt: r.expires_at })), cursor: String(cursor) }
+  }
+
+  async incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult> {
+    const windowStart = Math.floor(now / windowMs) * windowMs
+    const count = this.#stmt.counter.get(key, windowStart, windowStart + windowMs) as number
+    return { count, ttl: windowStart + windowMs - now }
+  }
+
+  async purgeExpired (now: number, limit: number): Promise<number> {
+    return this.#db.transaction(() => {
+      let n = this.#stmt.purgeQuota.run(now, limit).changes
+      for (const id of this.#stmt.expiredFamilies.all(now, limit) as string[]) {
+        this.#stmt.deleteFamilyTokens.run(id)
+        n += this.#stmt.deleteFamily.run(id).changes
+      }
+      n += this.#stmt.purgeRevocations.run(now, limit).changes
+      n += this.#stmt.purgeCounters.run(now, limit).changes
+      return n
+    }).immediate()
+  }
+
+  async ping (): Promise<void> {
+    this.#stmt.ping.get()
+  }
+
+  async close (): Promise<void> {
+    if (this.#db.open) this.#db.close()
+  }
+}

@@ -1,0 +1,309 @@
+// Access tokens: minting (RFC 9068 profile) and the one verification path every protected route
+// uses. Verification keeps a bounded cache keyed by the token's SHA-256, which skips parsing and
+// the signature on a repeat; a cache hit still checks time, key presence and revocation, so the
+// cache never outlives `exp`, a removed key or a revocation. Knows nothing about HTTP.
+import { createHash, randomUUID } from 'node:crypto'
+import { InvalidToken, StoreUnavailable } from '../errors.js'
+import type { KeyManager } from '../keys/index.js'
+import type { Store } from '../store/index.js'
+import { JwsError, MAX_TOKEN_LENGTH, parseCompact, signCompact, verifySignature } from './jws.js'
+
+export interface QuotaClaim {
+  limit: number
+  /** Seconds. */
+  window: number
+}
+
+export interface AccessClaims {
+  iss: string
+  sub: string
+  aud: string | string[]
+  exp: number
+  iat: number
+  nbf: number
+  jti: string
+  client_id: string
+  scope: string
+  quota?: QuotaClaim
+  act?: { sub: string, act?: unknown }
+  /** Refresh-family id, when minted from a refresh-token family (revoking the family denies it). */
+  fid?: string
+  [claim: string]: unknown
+}
+
+/** The verified caller of a request. */
+export interface Principal {
+  sub: string
+  clientId: string
+  scope: string
+  scopes: ReadonlySet<string>
+  aud: readonly string[]
+  jti: string
+  exp: number
+  claims: Readonly<AccessClaims>
+}
+
+export interface IssueRequest {
+  sub: string
+  clientId: string
+  scopes: readonly string[]
+  audiences: readonly string[]
+  /** Lifetime in seconds. */
+  ttl: number
+  quota?: QuotaClaim
+  act?: AccessClaims['act']
+  fid?: string
+  claims?: Record<string, unknown>
+}
+
+export interface IssuedToken {
+  token: string
+  claims: AccessClaims
+}
+
+export interface TokensOptions {
+  keys: KeyManager
+  store: Store
+  issuer: string
+  /** Seconds. */
+  leeway: number
+  /** Seconds: a token whose exp − iat exceeds this is refused. */
+  maxLifetime: number
+  clock?: () => number
+  cacheSize?: number
+  /** How often revocations made by other processes are pulled in (ms). */
+  revocationSyncMs?: number
+  /** How stale the revocation list may get (store unreachable) before verification fails closed (ms). */
+  revocationMaxStalenessMs?: number
+}
+
+const TYP = new Set(['at+jwt', 'application/at+jwt'])
+
+interface CacheEntry {
+  principal: Principal
+  kid: string
+}
+
+export class Tokens {
+  readonly #opts: TokensOptions
+  readonly #clock: () => number
+  readonly #cache = new Map<string, CacheEntry>()
+  readonly #cacheSize: number
+  readonly revocations: RevocationList
+
+  constructor (options: TokensOptions) {
+    this.#opts = options
+    this.#clock = options.clock ?? Date.now
+    this.#cacheSize = options.cacheSize ?? 10_000
+    this.revocations = new RevocationList(options.store, this.#clock, options.revocationSyncMs ?? 500, options.revocationMaxStalenessMs ?? 5000)
+  }
+
+  get issuer (): string {
+    return this.#opts.issuer
+  }
+
+  issue (req: IssueRequest): IssuedToken {
+    const key = this.#opts.keys.signingKey()
+    const now = Math.floor(this.#clock() / 1000)
+    const claims: AccessClaims = {
+      ...req.claims,
+      iss: this.#opts.issuer,
+      sub: req.sub,
+      aud: req.audiences.length === 1 ? req.audiences[0] as string : [...req.audiences],
+      exp: now + Math.max(1, Math.floor(req.ttl)),
+      iat: now,
+      nbf: now,
+      jti: randomUUID(),
+      client_id: req.clientId,
+      scope: req.scopes.join(' ')
+    }
+    if (req.quota !== undefined) claims.quota = req.quota
+    if (req.act !== undefined) claims.act = req.act
+    if (req.fid !== undefined) claims.fid = req.fid
+    const token = signCompact({ alg: key.alg, kid: key.kid, typ: 'at+jwt' }, claims, key.alg, key.privateKey)
+    return { token, claims }
+  }
+
+  /** Verifies a Tollgate access token. Throws InvalidToken (401) or StoreUnavailable (503). */
+  verify (token: string): Principal {
+    if (token.length > MAX_TOKEN_LENGTH) throw new InvalidToken('token too large')
+    this.revocations.assertFresh()
+    const now = this.#clock()
+    const hash = createHash('sha256').update(token).digest('base64')
+    const hit = this.#cache.get(hash)
+    if (hit !== undefined) {
+      if (this.#opts.keys.verificationKey(hit.kid) === undefined) {
+        this.#cache.delete(hash)
+      } else {
+        this.#checkLive(hit.principal.claims, now)
+        return hit.principal
+      }
+    }
+    const { principal, kid } = this.#verifyFresh(token, now)
+    if (this.#cache.size >= this.#cacheSize) {
+      // Evict the oldest entry (Map keeps insertion order): bounded memory under any token mix.
+      const oldest = this.#cache.keys().next()
+      if (oldest.done !== true) this.#cache.delete(oldest.value)
+    }
+    this.#cache.set(hash, { principal, kid })
+    return principal
+  }
+
+  /** Time and revocation rules, checked on every use, cached or not. */
+  #checkLive (claims: AccessClaims, nowMs: number): void {
+    const now = nowMs / 1000
+    if (claims.exp <= now - this.#opts.leeway) throw new InvalidToken('token expired', 'token_expired')
+    if (this.revocations.denies(claims)) throw new InvalidToken('token revoked', 'token_revoked')
+  }
+
+  #verifyFresh (token: string, nowMs: number): { principal: Principal, kid: string } {
+    let parsed
+    try {
+      parsed = parseCompact(token)
+    } catch (err) {
+      throw new InvalidToken(err instanceof JwsError ? err.message : 'malformed token')
+    }
+    const { header, payload: c } = parsed
+    if (typeof header.typ !== 'string' || !TYP.has(header.typ.toLowerCase())) throw new InvalidToken('token type is not at+jwt')
+    if (typeof header.kid !== 'string') throw new InvalidToken('unknown key')
+    const key = this.#opts.keys.verificationKey(header.kid)
+    if (key === undefined) throw new InvalidToken('unknown key')
+    if (!verifySignature(parsed, key.alg, key.publicKey)) throw new InvalidToken('invalid signature')
+
+    for (const name of ['iss', 'sub', 'jti', 'client_id']) {
+      if (typeof c[name] !== 'string' || c[name] === '') throw new InvalidToken(`claim ${name} missing or not a string`)
+    }
+    if (c.iss !== this.#opts.issuer) throw new InvalidToken('unexpected issuer')
+    const aud = typeof c.aud === 'string' ? [c.aud] : c.aud
+    if (!Array.isArray(aud) || aud.length === 0 || !aud.every(a => typeof a === 'string' && a !== '')) {
+      throw new InvalidToken('claim aud missing or malformed')
+    }
+    for (const name of ['exp', 'iat']) {
+      if (typeof c[name] !== 'number' || !Number.isFinite(c[name])) throw new InvalidToken(`claim ${name} missing or not a number`)
+    }
+    if (c.nbf !== undefined && (typeof c.nbf !== 'number' || !Number.isFinite(c.nbf))) throw new InvalidToken('claim nbf is not a number')
+    if (c.scope !== undefined && typeof c.scope !== 'string') throw new InvalidToken('claim scope is not a string')
+    const claims = c as AccessClaims
+    const now = nowMs / 1000
+    const leeway = this.#opts.leeway
+    if (claims.iat > now + leeway) throw new InvalidToken('token issued in the future')
+    if (claims.nbf !== undefined && claims.nbf > now + leeway) throw new InvalidToken('token not yet valid')
+    if (claims.exp - claims.iat > this.#opts.maxLifetime) throw new InvalidToken('token lifetime exceeds the maximum')
+    this.#checkLive(claims, nowMs)
+
+    const scope = claims.scope ?? ''
+    const principal: Principal = Object.freeze({
+      sub: claims.sub,
+      clientId: claims.client_id,
+      scope,
+      scopes: new Set(scope.split(' ').filter(Boolean)),
+      aud: Object.freeze(aud as string[]),
+      jti: claims.jti,
+      exp: claims.exp,
+      claims: Object.freeze(claims)
+    })
+    return { principal, kid: key.kid }
+  }
+
+  /** Denies an access token by `jti` until `exp` (seconds), here at once and at every replica within a sync. */
+  async revokeAccessToken (jti: string, exp: number): Promise<void> {
+    // Kept past exp by the leeway, during which verification would still accept the token.
+    await this.revocations.add({ kind: 'jti', id: jti, expiresAt: (exp + this.#opts.leeway) * 1000 })
+  }
+
+  /** Denies every access token carrying `fid` until `expiresAt` (ms). */
+  async revokeFamilyTokens (fid: string, expiresAt: number): Promise<void> {
+    await this.revocations.add({ kind: 'family', id: fid, expiresAt: expiresAt + this.#opts.leeway * 1000 })
+  }
+
+  async start (): Promise<void> {
+    await this.revocations.start()
+  }
+
+  stop (): void {
+    this.revocations.stop()
+  }
+}
+
+/**
+ * Every replica's in-memory view of the store's denylist: a lookup on the hot path is a Map
+ * probe. Local revocations apply at once; others' within one sync interval. When the store cannot
+ * be read for longer than the allowed staleness, `assertFresh` fails closed.
+ */
+export class RevocationList {
+  readonly #jtis = new Map<string, number>()
+  readonly #families = new Map<string, number>()
+  #cursor: string | undefined
+  #lastSync = 0
+  #timer: NodeJS.Timeout | undefined
+  #syncing: Promise<void> | undefined
+
+  constructor (
+    readonly store: Store,
+    readonly clock: () => number,
+    readonly intervalMs: number,
+    readonly maxStalenessMs: number
+  ) {}
+
+  async start (): Promise<void> {
+    await this.sync()
+    this.#timer = setInterval(() => { this.sync().catch(() => {}) }, this.intervalMs)
+    this.#timer.unref()
+  }
+
+  stop (): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer)
+    this.#timer = undefined
+  }
+
+  /** Pulls entries added since the last sync; one sync at a time. */
+  async sync (): Promise<void> {
+    this.#syncing ??= (async () => {
+      try {
+        const now = this.clock()
+        let page
+        do {
+          page = await this.store.listRevocations(this.#cursor, now)
+          for (const entry of page.entries) this.#remember(entry.kind, entry.id, entry.expiresAt)
+          this.#cursor = page.cursor
+        } while (page.entries.length > 0)
+        this.#lastSync = this.clock()
+        this.#prune(now)
+      } finally {
+        this.#syncing = undefined
+      }
+    })()
+    return await this.#syncing
+  }
+
+  assertFresh (): void {
+    if (this.#timer !== undefined && this.clock() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
+  }
+
+  async add (entry: { kind: 'jti' | 'family', id: string, expiresAt: number }): Promise<void> {
+    await this.store.addRevocation(entry)
+    this.#remember(entry.kind, entry.id, entry.expiresAt)
+  }
+
+  denies (claims: { jti: string, fid?: string, exp: number }): boolean {
+    if (this.#jtis.has(claims.jti)) return true
+    return claims.fid !== undefined && this.#families.has(claims.fid)
+  }
+
+  get size (): number {
+    return this.#jtis.size + this.#families.size
+  }
+
+  #remember (kind: 'jti' | 'family', id: string, expiresAt: number): void {
+    const map = kind === 'jti' ? this.#jtis : this.#families
+    map.set(id, Math.max(expiresAt, map.get(id) ?? 0))
+  }
+
+  #prune (now: number): void {
+    // Entries are kept until the last token they deny has expired (plus a margin for leeway).
+    const margin = 5 * 60_000
+    for (const map of [this.#jtis, this.#families]) {
+      for (const [id, expiresAt] of map) if (expiresAt + margin < now) map.delete(id)
+    }
+  }
+}
