@@ -71,6 +71,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   const app = Fastify(fastifyOptions)
   app.server.headersTimeout = config.server.headersTimeout * 1000
 
+  // Bodies are forms or JSON (and raw streams on /call, which registers its own parser): any
+  // other media type is 415, not a string handed to a handler.
+  app.removeContentTypeParser('text/plain')
+
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })

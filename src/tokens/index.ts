@@ -267,7 +267,7 @@ export class RevocationList {
           for (const entry of page.entries) this.#remember(entry.kind, entry.id, entry.expiresAt)
           this.#cursor = page.cursor
         } while (page.entries.length > 0)
-        this.#lastSync = this.clock()
+        this.#lastSync = performance.now() // real elapsed time, not the (injectable) token clock
         this.#prune(now)
       } finally {
         this.#syncing = undefined
@@ -277,7 +277,7 @@ export class RevocationList {
   }
 
   assertFresh (): void {
-    if (this.#timer !== undefined && this.clock() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
+    if (this.#timer !== undefined && performance.now() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
   }
 
   async add (entry: { kind: 'jti' | 'family', id: string, expiresAt: number }): Promise<void> {
