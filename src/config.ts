@@ -238,7 +238,8 @@ function keyOf (pointer: string): string {
 }
 
 function explain (error: { keyword: string, message: string, params: any }): string {
-  if (error.keyword === 'additionalProperties') return `unknown key(s) ${JSON.stringify(error.params.additionalProperties)}`
+  // An additional property is reported at its own path as the `false` schema.
+  if (error.keyword === 'boolean' || error.keyword === 'additionalProperties') return 'unknown key'
   if (error.keyword === 'required') return `missing required key(s) ${JSON.stringify(error.params.requiredProperties ?? error.params)}`
   return error.message
 }
