@@ -51,7 +51,7 @@ export function loggerOptions (config: Config): FastifyServerOptions['logger'] {
 }
 
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
-  const fastifyOptions: FastifyServerOptions = {
+  const fastifyOptions: FastifyServerOptions & { http?: object } = {
     trustProxy: config.server.trustProxy as any,
     bodyLimit: config.server.bodyLimit,
     requestTimeout: config.server.requestTimeout * 1000,
@@ -62,6 +62,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
       const incoming = req.headers['x-request-id']
       return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
     },
+    // Node checks header and request deadlines every connectionsCheckingInterval (30 s by default):
+    // tighten it so a slow-headers client is cut off close to headersTimeout.
+    http: {
+      headersTimeout: config.server.headersTimeout * 1000,
+      requestTimeout: config.server.requestTimeout * 1000,
+      connectionsCheckingInterval: Math.min(1000, config.server.headersTimeout * 1000),
+      maxHeaderSize: 16 * 1024
+    },
     routerOptions: { maxParamLength: 2048 },
     // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }
@@ -69,7 +77,6 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   if (options.loggerInstance !== undefined) fastifyOptions.loggerInstance = options.loggerInstance
   else fastifyOptions.logger = options.logger ?? loggerOptions(config)
   const app = Fastify(fastifyOptions)
-  app.server.headersTimeout = config.server.headersTimeout * 1000
 
   // Bodies are forms or JSON (and raw streams on /call, which registers its own parser): any
   // other media type is 415, not a string handed to a handler.
