@@ -10,7 +10,6 @@ export const FLOORS = {
   '@fastify/jwt': '10.2.5',
   '@fastify/reply-from': '12.6.5',
   '@fastify/http-proxy': '11.6.6', // parameterised-prefix advisory
-  undici: '7.30.0',
   jose: '6.0.0',
   ws: '8.17.1' // CVE-2024-37890 (header count DoS)
 }
