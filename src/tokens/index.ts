@@ -235,6 +235,8 @@ export class RevocationList {
   readonly #families = new Map<string, number>()
   #cursor: string | undefined
   #lastSync = 0
+  /** Set while syncs fail; a stalled event loop alone (no failed sync) never counts as stale. */
+  #failing = false
   #timer: NodeJS.Timeout | undefined
   #syncing: Promise<void> | undefined
 
@@ -268,7 +270,11 @@ export class RevocationList {
           this.#cursor = page.cursor
         } while (page.entries.length > 0)
         this.#lastSync = performance.now() // real elapsed time, not the (injectable) token clock
+        this.#failing = false
         this.#prune(now)
+      } catch (err) {
+        this.#failing = true
+        throw err
       } finally {
         this.#syncing = undefined
       }
@@ -277,7 +283,7 @@ export class RevocationList {
   }
 
   assertFresh (): void {
-    if (this.#timer !== undefined && performance.now() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
+    if (this.#failing && this.#timer !== undefined && performance.now() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
   }
 
   async add (entry: { kind: 'jti' | 'family', id: string, expiresAt: number }): Promise<void> {
