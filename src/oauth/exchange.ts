@@ -5,7 +5,7 @@
 // IdPs'). Never issues a refresh token: the exchanged authority must not outlive the subject token.
 import type { Client } from '../clients/index.js'
 import { OAuthError, StoreUnavailable, TollgateError } from '../errors.js'
-import { parseCompact } from '../tokens/jws.js'
+import { JwsError, parseCompact } from '../tokens/jws.js'
 import type { AccessClaims, IssuedToken, QuotaClaim, Tokens } from '../tokens/index.js'
 import type { TrustedIssuers } from './trusted-issuers.js'
 
@@ -94,8 +94,8 @@ export class TokenExchange {
     let iss: unknown
     try {
       iss = parseCompact(token, { ignoreThumbprints: true }).payload.iss
-    } catch {
-      throw new OAuthError('invalid_request', 'subject_token is not acceptable: malformed token')
+    } catch (err) {
+      throw new OAuthError('invalid_request', `subject_token is not acceptable: ${err instanceof JwsError ? err.message : 'malformed token'}`)
     }
     if (iss === tokens.issuer) {
       let p
