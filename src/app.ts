@@ -10,11 +10,14 @@ import type { Config } from './config.js'
 import authPlugin from './plugins/auth.js'
 import corePlugin, { type CoreOptions } from './plugins/core.js'
 import errorsPlugin from './plugins/errors.js'
+import lifecyclePlugin from './plugins/lifecycle.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import discoveryRoutes from './routes/discovery.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
+import refreshRoutes from './routes/refresh.js'
+import revokeRoutes from './routes/revoke.js'
 import tokenRoutes from './routes/token.js'
 import validateRoutes from './routes/validate.js'
 import { addSharedSchemas } from './schemas/index.js'
@@ -92,6 +95,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(corePlugin, { ...options, config })
   await app.register(rateLimitPlugin)
   await app.register(authPlugin)
+  await app.register(lifecyclePlugin)
 
   addSharedSchemas(app)
   await app.register(swagger, {
@@ -124,6 +128,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { tryItOutEnabled: true } })
 
   await app.register(tokenRoutes)
+  await app.register(refreshRoutes)
+  await app.register(revokeRoutes)
   await app.register(validateRoutes)
   await app.register(discoveryRoutes)
   await app.register(healthRoutes)

@@ -4,6 +4,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Client } from '../clients/index.js'
 import { OAuthError } from '../errors.js'
 import { authenticateClient, rejectRepeatedParameters, spaceList } from '../oauth/client-auth.js'
+import { ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../oauth/exchange.js'
+import type { AuditSink } from '../oauth/refresh.js'
 import { oauthErrors, ref } from '../schemas/index.js'
 import type { IssuedToken } from '../tokens/index.js'
 
@@ -36,22 +38,65 @@ grants.set('client_credentials', async (app, _request, client, body) => {
   const audiences = narrow(spaceList(body.audience), client.audiences, 'invalid_target', 'audience')
   if (audiences.length === 0) throw new OAuthError('invalid_target', 'the client has no audience to issue a token for')
   const ttl = client.accessTtl ?? app.config.tokens.accessTtl
-  const request = { sub: client.id, clientId: client.id, scopes, audiences, ttl, claims: client.claims, ...(client.quota !== undefined ? { quota: client.quota } : {}) }
-  const result: GrantResult = { issued: app.tokens.issue(request), ttl }
-  if (client.refresh && app.refreshTokens !== undefined) {
-    result.refreshToken = await app.refreshTokens.start(client, result.issued, ttl)
+  // A refresh client's grant starts a family: its first access token already carries the family
+  // id, so revoking the family (or detecting reuse) denies this token too (CONTRACT §4).
+  const fid = client.refresh ? app.refreshTokens.newFamilyId() : undefined
+  const request = {
+    sub: client.id,
+    clientId: client.id,
+    scopes,
+    audiences,
+    ttl,
+    claims: client.claims,
+    ...(client.quota !== undefined ? { quota: client.quota } : {}),
+    ...(fid !== undefined ? { fid } : {})
   }
+  const result: GrantResult = { issued: app.tokens.issue(request), ttl }
+  if (fid !== undefined) result.refreshToken = await app.refreshTokens.start(client, result.issued)
   return result
 })
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** Refresh-token families; present once the lifecycle module is registered. */
-    refreshTokens?: {
-      start: (client: Client, issued: IssuedToken, ttl: number) => Promise<string>
-    }
+/** RFC 6749 §6, also served at POST /refresh: rotates the refresh token and mints an access token. */
+export const refreshGrant: Grant = async (app, request, client, body) => {
+  if (!client.refresh) throw new OAuthError('unauthorized_client', 'this client may not use refresh tokens')
+  if (body.refresh_token === undefined || body.refresh_token === '') throw new OAuthError('invalid_request', 'refresh_token is required')
+  let reused = false
+  const audit: AuditSink = (event, fields) => {
+    if (event === 'refresh.reuse_detected') reused = true
+    request.log.info({ audit: event, ...fields }, event === 'refresh.reuse_detected' ? 'refresh token reuse detected: family revoked' : 'refresh token rotated')
+  }
+  try {
+    const rotated = await app.refreshTokens.rotate(client, body.refresh_token, { scopes: spaceList(body.scope), audiences: spaceList(body.audience) }, audit)
+    app.metrics.refreshes.inc({ result: 'rotated' })
+    return { issued: rotated.issued, ttl: rotated.ttl, refreshToken: rotated.refreshToken }
+  } catch (err) {
+    app.metrics.refreshes.inc({ result: reused ? 'reused' : 'refused' })
+    throw err
   }
 }
+grants.set('refresh_token', refreshGrant)
+
+/** RFC 8693 token exchange. */
+grants.set(TOKEN_EXCHANGE_GRANT, async (app, request, client, body) => {
+  let exchanged
+  try {
+    exchanged = await app.tokenExchange.exchange(client, {
+      subjectToken: body.subject_token,
+      subjectTokenType: body.subject_token_type,
+      requestedTokenType: body.requested_token_type,
+      scopes: spaceList(body.scope),
+      audiences: spaceList(body.audience)
+    })
+  } catch (err) {
+    app.metrics.exchanges.inc({ issuer: 'unknown', result: (err as { code?: string }).code ?? 'error' })
+    throw err
+  }
+  const { claims } = exchanged.issued
+  app.metrics.exchanges.inc({ issuer: exchanged.subjectKind, result: 'issued' })
+  request.log.info({ audit: 'token.exchanged', client_id: client.id, sub: claims.sub, jti: claims.jti, family_id: claims.fid, subject_issuer: exchanged.subjectIssuer, scope: claims.scope, aud: claims.aud }, 'token exchanged')
+  // RFC 8693 §2.2.1: issued_token_type is required in the answer.
+  return { issued: exchanged.issued, ttl: exchanged.ttl, issuedTokenType: ACCESS_TOKEN_TYPE }
+})
 
 export function sendTokenResponse (app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, client: Client, grantType: string, result: GrantResult): FastifyReply {
   const { claims } = result.issued

@@ -25,6 +25,13 @@ const SEGMENT = /^[A-Za-z0-9_-]+$/
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 /** Header members that name or carry a key: never honoured (RFC 8725 §3.10, SECURITY.md). */
 const KEY_HEADERS = ['jku', 'x5u', 'jwk', 'x5c', 'x5t', 'x5t#S256']
+/** Certificate thumbprints only name a key; identity providers (Entra ID) send them beside `kid`. */
+const THUMBPRINT_HEADERS = new Set(['x5t', 'x5t#S256'])
+
+export interface ParseOptions {
+  /** Tolerate (and ignore) `x5t` / `x5t#S256`: for trusted issuers' tokens, whose key is chosen by `kid` alone. */
+  ignoreThumbprints?: boolean
+}
 
 function decodeSegment (segment: string, what: string): Buffer {
   if (!SEGMENT.test(segment)) throw new JwsError(`${what} is not base64url`)
@@ -53,7 +60,7 @@ function decodeJsonObject (segment: string, what: string): Record<string, unknow
 }
 
 /** Splits and decodes a compact JWS, enforcing the shape rules. Verifies nothing cryptographic. */
-export function parseCompact (token: string): ParsedJws {
+export function parseCompact (token: string, options: ParseOptions = {}): ParsedJws {
   if (token.length > MAX_TOKEN_LENGTH) throw new JwsError('token too large')
   const first = token.indexOf('.')
   const second = token.indexOf('.', first + 1)
@@ -67,7 +74,9 @@ export function parseCompact (token: string): ParsedJws {
   if ('crit' in header) throw new JwsError('unsupported critical header') // RFC 7515 §4.1.11: we understand no extensions
   if ('b64' in header) throw new JwsError('unencoded payloads are not accepted')
   if ('cty' in header) throw new JwsError('nested or typed content is not accepted')
-  for (const name of KEY_HEADERS) if (name in header) throw new JwsError(`header ${name} is not accepted`)
+  for (const name of KEY_HEADERS) {
+    if (name in header && !(options.ignoreThumbprints === true && THUMBPRINT_HEADERS.has(name))) throw new JwsError(`header ${name} is not accepted`)
+  }
   const payload = decodeJsonObject(token.slice(first + 1, second), 'payload')
   const signature = decodeSegment(token.slice(second + 1), 'signature')
   return { header, payload, signingInput: token.slice(0, second), signature }
