@@ -5,7 +5,7 @@ import t from 'tap'
 import { basic, build, issue } from './helper.js'
 
 const RUNS = Number(process.env.TOLLGATE_FUZZ_RUNS ?? 150)
-const OAUTH_ROUTES = ['/token', '/validate']
+const OAUTH_ROUTES = ['/token', '/refresh', '/revoke', '/validate']
 
 const printable = fc.string({ unit: 'grapheme-ascii', maxLength: 64 })
 const anyText = fc.string({ unit: 'binary', maxLength: 200 })
