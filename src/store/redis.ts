@@ -319,6 +319,7 @@ export class RedisStore implements Store {
   readonly #log: StoreLogger | undefined
   #lastErrorLog = 0
   #down = false
+  #closing = false
 
   private constructor (redis: Client, prefix: string, log: StoreLogger | undefined) {
     this.#redis = redis
@@ -329,6 +330,11 @@ export class RedisStore implements Store {
     // An 'error' event without a listener would crash the process: always listen, log throttled,
     // and never the URL (it may carry a password).
     redis.on('error', (err: Error) => { this.#onError(err) })
+    redis.on('close', () => {
+      if (this.#down || this.#closing) return
+      this.#down = true
+      this.#log?.warn({ event: 'store.error', store: 'redis', error: 'connection lost; reconnecting' }, 'redis connection lost')
+    })
     redis.on('ready', () => {
       if (this.#down) this.#log?.info({ event: 'store.recovered', store: 'redis' }, 'redis connection restored')
       this.#down = false
@@ -491,6 +497,7 @@ export class RedisStore implements Store {
   }
 
   async close (): Promise<void> {
+    this.#closing = true
     try {
       if (this.#redis.status === 'ready') await withDeadline(this.#redis.quit(), 1000)
     } catch {

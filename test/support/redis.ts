@@ -53,6 +53,8 @@ export interface RedisServer {
   stop: () => Promise<void>
   /** Starts it again on the same port with the same options. */
   start: () => Promise<void>
+  /** The running server's process id (to SIGSTOP it, say). */
+  pid: () => number
 }
 
 export interface RedisServerOptions {
@@ -102,7 +104,11 @@ export async function startRedisServer (t: TestContext, options: RedisServerOpti
 
   await start()
   t.teardown(stop)
-  return { port, url: `redis://${options.requirePass !== undefined ? `:${options.requirePass}@` : ''}127.0.0.1:${port}`, stop, start }
+  const pid = (): number => {
+    if (child?.pid === undefined) throw new Error('redis-server is not running')
+    return child.pid
+  }
+  return { port, url: `redis://${options.requirePass !== undefined ? `:${options.requirePass}@` : ''}127.0.0.1:${port}`, stop, start, pid }
 }
 
 export function hasRedisServerBinary (): boolean {
