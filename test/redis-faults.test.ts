@@ -102,3 +102,26 @@ t.test('a frozen Redis (SIGSTOP: connection open, no answers) is bounded by stor
   await until(async () => (await app.inject({ method: 'GET', url: '/validate', headers: { authorization: `Bearer ${token}` } })).statusCode === 200, 'recovery after SIGCONT')
   t.same(unhandled, [], 'no unhandled rejection')
 })
+
+t.test('Redis back without its data: the key set is re-created, and tokens of the lost set are refused', { skip: noServer ? 'redis-server is not installed' : false }, async t => {
+  const redis = await startRedisServer(t) // no persistence: a restart empties it
+  const config = testConfig(t, { store: { redis: redis.url, timeout: '1s', keyPrefix: uniquePrefix('lost') } })
+  const app = await build(t, config)
+  const before = (await issue(app)).access_token as string
+  const oldKid = app.keys.signingKey().kid
+
+  await redis.stop()
+  await redis.start()
+  await until(async () => (await app.inject({ method: 'GET', url: '/health' })).statusCode === 200, '/health to recover')
+  t.same(await app.store.listKeys(), [], 'the store came back empty')
+  await app.keys.maintain() // what the key timer does every reload interval
+  const newKid = app.keys.signingKey().kid
+  t.not(newKid, oldKid, 'a new key signs')
+  t.same((await app.store.listKeys()).map(k => k.kid), [newKid], 'and is in the store for the other replicas')
+  await until(async () => (await app.inject({ method: 'GET', url: '/health' })).statusCode === 200, 'revocation sync')
+  const old = await app.inject({ method: 'GET', url: '/validate', headers: { authorization: `Bearer ${before}` } })
+  t.equal(old.statusCode, 401, 'a token of the lost key set is refused (its revocations were lost too)')
+  const after = (await issue(app)).access_token as string
+  t.equal((await app.inject({ method: 'GET', url: '/validate', headers: { authorization: `Bearer ${after}` } })).statusCode, 200)
+  t.same(unhandled, [], 'no unhandled rejection')
+})
