@@ -7,7 +7,7 @@ import { KEY_RELOAD_MS } from '../src/plugins/core.js'
 import { jwsHeader, startCluster, type Replica } from './support/cluster.js'
 
 async function jwksKids (r: Replica): Promise<string[]> {
-  const res = await fetch(`${r.url}/jwks`)
+  const res = await cluster!.request(r, '/jwks')
   const body = await res.json() as { keys: Array<{ kid: string }> }
   return body.keys.map(k => k.kid)
 }
@@ -44,7 +44,7 @@ if (cluster === undefined) {
 
   t.test('a CLI rotation reaches both replicas\' /jwks within the reload interval, before the new key signs', async t => {
     const [oldKid] = await jwksKids(a)
-    const rotated = cluster.cli(['keys', 'rotate'])
+    const rotated = await cluster.cli(['keys', 'rotate'])
     t.equal(rotated.status, 0, rotated.stderr)
     const newKid = /created (\S+)/.exec(rotated.stdout)?.[1]
     t.ok(newKid !== undefined && newKid !== oldKid, `created ${String(newKid)}`)
@@ -63,7 +63,7 @@ if (cluster === undefined) {
       const token = await cluster.issue(r)
       t.equal(jwsHeader(token.access_token).kid, oldKid, `replica ${r.index} still signs with the current key`)
     }
-    const listed = cluster.cli(['keys', 'list'])
+    const listed = await cluster.cli(['keys', 'list'])
     t.match(listed.stdout, new RegExp(`${oldKid as string}\\s+ES256\\s+current`))
     t.match(listed.stdout, new RegExp(`${newKid as string}\\s+ES256\\s+next`))
   })

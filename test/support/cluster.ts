@@ -9,12 +9,16 @@ import { mkdirSync, readdirSync, rmdirSync, statSync, writeFileSync } from 'node
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, basic, client, tempDir, type TestContext } from '../helper.js'
 import { deletePrefix, freePort, testRedisUrl, uniquePrefix, type TapLike } from './redis.js'
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
 const CLI = join(ROOT, 'dist', 'cli.js')
+// Idle sockets are dropped well before the replicas' keep-alive timeout (5 s), so a request never
+// lands on a connection the server is closing.
+const dispatcher = new Agent({ keepAliveTimeout: 1000, keepAliveMaxTimeout: 1000 })
 
 function newestMtime (dir: string): number {
   let newest = 0
@@ -89,7 +93,7 @@ export interface Cluster {
   /** Any request at a replica; `form` sends an OAuth form body with the client's Basic credentials. */
   request: (replica: Replica, path: string, init?: RequestInit & { form?: Record<string, string>, clientId?: string, bearer?: string }) => Promise<Response>
   /** Runs `tollgate <args> --config <file>` with the replicas' environment. */
-  cli: (args: string[]) => { status: number | null, stdout: string, stderr: string }
+  cli: (args: string[]) => Promise<{ status: number | null, stdout: string, stderr: string }>
   /** Starts one more replica on the same config. */
   add: () => Promise<Replica>
 }
@@ -178,7 +182,7 @@ export async function startCluster (t: TapLike, options: ClusterOptions = {}): P
       child.stderr?.on('data', onData)
       exited.then(code => { reject(new Error(`replica ${index} exited with ${String(code)} before it was ready:\n${logs.join('\n')}`)) }, reject)
     })
-    const health = await fetch(`${replica.url}/health`)
+    const health = await fetch(`${replica.url}/health`, { dispatcher })
     if (health.status !== 200) throw new Error(`replica ${index} is not healthy: ${health.status} ${await health.text()}`)
     return replica
   }
@@ -199,12 +203,21 @@ export async function startCluster (t: TapLike, options: ClusterOptions = {}): P
       if (!headers.has('authorization')) headers.set('authorization', basic(clientId ?? 'agent', CLIENT_SECRET))
     }
     if (bearer !== undefined) headers.set('authorization', `Bearer ${bearer}`)
-    return await fetch(`${replica.url}${path}`, {
-      ...rest,
-      method: rest.method ?? (form !== undefined ? 'POST' : 'GET'),
-      headers,
-      ...(form !== undefined ? { body: new URLSearchParams(form).toString() } : {})
-    })
+    try {
+      return await fetch(`${replica.url}${path}`, {
+        ...rest,
+        dispatcher,
+        method: rest.method ?? (form !== undefined ? 'POST' : 'GET'),
+        headers,
+        ...(form !== undefined ? { body: new URLSearchParams(form).toString() } : {})
+      })
+    } catch (err) {
+      const cause = (err as Error & { cause?: Error }).cause
+      const state = replica.process.exitCode !== null || replica.process.signalCode !== null
+        ? `exited (${String(replica.process.exitCode ?? replica.process.signalCode)}); last log lines:\n${replica.logs.slice(-20).join('\n')}`
+        : 'still running'
+      throw new Error(`${path} at replica ${replica.index} failed: ${String(cause?.message ?? err)}; the replica is ${state}`, { cause: err })
+    }
   }
 
   const issue: Cluster['issue'] = async (replica, fields = {}, clientId = 'agent') => {
@@ -214,14 +227,23 @@ export async function startCluster (t: TapLike, options: ClusterOptions = {}): P
     return JSON.parse(body)
   }
 
-  const cli: Cluster['cli'] = (args) => {
-    const result = spawnSync(process.execPath, [CLI, ...args, '--config', configFile], {
+  // Asynchronous on purpose: a blocked event loop would let kept-alive sockets go stale unnoticed.
+  const cli: Cluster['cli'] = async (args) => {
+    const child = spawn(process.execPath, [CLI, ...args, '--config', configFile], {
       cwd: dir,
       env: { ...baseEnv, TOLLGATE_DATA_DIR: join(dir, 'cli') },
-      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 60_000
     })
-    return { status: result.status, stdout: result.stdout, stderr: result.stderr }
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const status = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject)
+      child.once('close', code => { resolve(code) })
+    })
+    return { status, stdout, stderr }
   }
 
   return { replicas, redisUrl, keyPrefix, configFile, dir, issue, request, cli, add }
