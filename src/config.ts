@@ -91,7 +91,10 @@ export const ConfigSchema = Type.Object({
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
   store: Type.Object({
     sqlite: Type.Optional(Type.String({ minLength: 1 })),
-    redis: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+    /** redis://, rediss://, redis+sentinel://host:port,.../master, redis+cluster://host:port,... */
+    redis: Type.Optional(Type.String({ pattern: '^rediss?(\\+(sentinel|cluster))?://' })),
+    /** Prepended to every Redis key: several deployments can share one Redis. */
+    keyPrefix: Type.String({ pattern: '^[^{}]*$', default: 'tollgate:' }),
     /** How long a store operation may take before the request fails closed with 503. */
     timeout: Type.Number({ exclusiveMinimum: 0, default: 2 })
   }, { additionalProperties: false, default: {} }),

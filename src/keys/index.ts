@@ -72,11 +72,16 @@ export class KeyManager {
   /** Loads the key set, creating the first key when the store has none. */
   async init (): Promise<void> {
     await this.reload()
-    if (this.#records.length === 0) {
-      const now = this.#clock()
-      await this.#add(now, now) // the first key signs at once: nobody can hold a stale JWKS yet
-      await this.reload()
-    }
+    if (this.#records.length === 0) await this.#createFirst()
+  }
+
+  // The first key signs at once: nobody can hold a stale JWKS yet. It is added only while the set
+  // is still empty (every key counts as pending before MIN_SAFE_INTEGER), so replicas starting
+  // together, or re-creating a key set their store lost, agree on one key.
+  async #createFirst (): Promise<void> {
+    const now = this.#clock()
+    await this.#add(now, now, Number.MIN_SAFE_INTEGER)
+    await this.reload()
   }
 
   /** Re-reads the key set from the store (another replica or the CLI may have rotated). */
@@ -99,6 +104,8 @@ export class KeyManager {
   /** Rotation and removal due now; run periodically. Returns what changed, for the log. */
   async maintain (): Promise<{ rotated?: string, removed: string[] }> {
     await this.reload()
+    // An empty set means the store lost its data (e.g. Redis restarted without persistence).
+    if (this.#records.length === 0) await this.#createFirst()
     const now = this.#clock()
     const infos = this.list()
     const removed = infos.filter(k => k.state === 'removed').map(k => k.kid)
@@ -125,7 +132,7 @@ export class KeyManager {
     return kid
   }
 
-  async #add (createdAt: number, activatesAt: number): Promise<string | undefined> {
+  async #add (createdAt: number, activatesAt: number, pendingAfter = createdAt): Promise<string | undefined> {
     const key = generateKey(this.#opts.algorithm)
     const record: KeyRecord = {
       kid: key.kid,
@@ -135,7 +142,7 @@ export class KeyManager {
       createdAt,
       activatesAt
     }
-    return (await this.#store.addKeyIfNoPending(record, createdAt)) ? key.kid : undefined
+    return (await this.#store.addKeyIfNoPending(record, pendingAfter)) ? key.kid : undefined
   }
 
   /** Every key with its state at `now`. */

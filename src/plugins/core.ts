@@ -38,7 +38,7 @@ export const KEY_RELOAD_MS = 10_000
 export default fp<CoreOptions>(async function core (app, opts) {
   const { config } = opts
   const clock = opts.clock ?? Date.now
-  const store = opts.store ?? await openStore(config)
+  const store = opts.store ?? await openStore(config, app.log)
   if (opts.store === undefined) app.addHook('onClose', async () => { await store.close() })
 
   const { secret, generated, file } = resolveSecret(config.secret, config.dataDir)

@@ -3,6 +3,7 @@
 // one Lua script. Business rules (who may rotate what, when a key becomes current) live in the
 // callers; the store only keeps and swaps state. All times are epoch milliseconds.
 import type { Config } from '../config.js'
+import type { StoreLogger } from './redis.js'
 
 export interface KeyRecord {
   /** RFC 7638 thumbprint of the public key. */
@@ -115,9 +116,10 @@ export interface Store {
   close (): Promise<void>
 }
 
-export async function openStore (config: Config): Promise<Store> {
+export async function openStore (config: Config, log?: StoreLogger): Promise<Store> {
   if (config.store.redis !== undefined) {
-    throw new Error('store.redis: the Redis store is not available in this build')
+    const { RedisStore } = await import('./redis.js')
+    return await RedisStore.connect(config.store.redis, { timeoutMs: config.store.timeout * 1000, keyPrefix: config.store.keyPrefix, ...(log !== undefined ? { log } : {}) })
   }
   const { SqliteStore } = await import('./sqlite.js')
   return SqliteStore.open(sqlitePath(config))

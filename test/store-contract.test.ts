@@ -1,0 +1,281 @@
+// One contract for the Store interface, run against both implementations: SqliteStore on a temp
+// file and RedisStore on a real Redis (TOLLGATE_TEST_REDIS_URL, the default port, or a private
+// redis-server). Every method, with the concurrency cases that make the gateway exact: quota
+// check-and-charge, rotation compare-and-swap, one pending key rotation.
+import { randomUUID } from 'node:crypto'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import type { KeyRecord, RefreshFamily, Store } from '../src/store/index.js'
+import { RedisStore } from '../src/store/redis.js'
+import { SqliteStore } from '../src/store/sqlite.js'
+import { ManualClock, tempDir } from './helper.js'
+import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
+
+type Open = (t: Test) => Promise<Store>
+
+const NOW = new ManualClock().now
+const MIN = 60_000
+const DAY = 86_400_000
+
+function keyRecord (kid: string, createdAt: number, activatesAt: number): KeyRecord {
+  return {
+    kid,
+    alg: 'ES256',
+    publicJwk: { kty: 'EC', crv: 'P-256', x: `x-${kid}`, y: `y-${kid}`, kid, alg: 'ES256', use: 'sig' },
+    privateEnc: `v1.${kid}.encrypted-blob`,
+    createdAt,
+    activatesAt
+  }
+}
+
+function family (overrides: Partial<RefreshFamily> = {}): RefreshFamily {
+  return {
+    id: randomUUID(),
+    clientId: 'agent',
+    sub: 'agent',
+    scope: 'tools:call tools:read',
+    aud: ['tool:chat', 'tool:search'],
+    extra: { act: { sub: 'svc' } },
+    createdAt: NOW,
+    expiresAt: NOW + DAY,
+    currentHash: 'h0',
+    lastUsedAt: NOW,
+    ...overrides
+  }
+}
+
+function hash (): string {
+  return randomUUID().replace(/-/g, '')
+}
+
+function contract (t: Test, open: Open): void {
+  t.test('key set: add, the one-pending rule, list in activation order, delete', async t => {
+    const store = await open(t)
+    t.same(await store.listKeys(), [])
+    const k1 = keyRecord('k1', NOW, NOW)
+    t.equal(await store.addKeyIfNoPending(k1, NOW), true, 'first key added')
+    t.same(await store.listKeys(), [k1], 'the record comes back unchanged (encrypted blob included)')
+    const k2 = keyRecord('k2', NOW, NOW + 10 * MIN)
+    t.equal(await store.addKeyIfNoPending(k2, NOW), true, 'k1 signs already: not pending')
+    t.equal(await store.addKeyIfNoPending(keyRecord('k3', NOW, NOW + 20 * MIN), NOW + MIN), false, 'k2 is pending')
+    const k3 = keyRecord('k3', NOW + 10 * MIN, NOW + 20 * MIN)
+    t.equal(await store.addKeyIfNoPending(k3, NOW + 10 * MIN), true, 'k2 signs from then on')
+    t.same((await store.listKeys()).map(k => k.kid), ['k1', 'k2', 'k3'])
+    await store.deleteKeys(['k1', 'k3'])
+    t.same(await store.listKeys(), [k2])
+    await store.deleteKeys([])
+    t.same((await store.listKeys()).map(k => k.kid), ['k2'])
+  })
+
+  t.test('key set: of 20 concurrent rotations exactly one is added', async t => {
+    const store = await open(t)
+    await store.addKeyIfNoPending(keyRecord('cur', NOW, NOW), NOW)
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+      store.addKeyIfNoPending(keyRecord(`next-${i}`, NOW, NOW + 10 * MIN), NOW)))
+    t.equal(results.filter(Boolean).length, 1)
+    t.equal((await store.listKeys()).length, 2)
+  })
+
+  t.test('quota: 200 concurrent consumes against a limit of 50 grant exactly 50', async t => {
+    const store = await open(t)
+    const start = Math.floor(NOW / DAY) * DAY
+    const results = await Promise.all(Array.from({ length: 200 }, () => store.consumeQuota('alice', start, DAY, 50, 1)))
+    const granted = results.filter(r => r.granted)
+    t.equal(granted.length, 50)
+    t.same(granted.map(r => r.used).sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1), 'each grant saw its own count')
+    t.ok(results.filter(r => !r.granted).every(r => r.used === 50), 'refusals report the usage unchanged')
+    t.equal(await store.getQuota('alice', start, DAY), 50)
+  })
+
+  t.test('quota: costs, windows and subjects are separate; a cost above the limit is refused', async t => {
+    const store = await open(t)
+    t.same(await store.consumeQuota('bob', 0, MIN, 10, 4), { granted: true, used: 4 })
+    t.same(await store.consumeQuota('bob', 0, MIN, 10, 7), { granted: false, used: 4 }, 'would exceed')
+    t.same(await store.consumeQuota('bob', 0, MIN, 10, 6), { granted: true, used: 10 }, 'exactly the limit')
+    t.same(await store.consumeQuota('bob', 0, MIN, 10, 0), { granted: true, used: 10 }, 'cost 0 at the limit')
+    t.same(await store.consumeQuota('bob', MIN, MIN, 10, 1), { granted: true, used: 1 }, 'next window')
+    t.same(await store.consumeQuota('bob', 0, 2 * MIN, 10, 1), { granted: true, used: 1 }, 'other window length')
+    t.same(await store.consumeQuota('carol', 0, MIN, 3, 5), { granted: false, used: 0 }, 'cost above limit')
+    t.equal(await store.getQuota('carol', 0, MIN), 0)
+    t.equal(await store.getQuota('nobody', 0, MIN), 0)
+    // Subjects with separators and braces never share a counter with another subject.
+    await store.consumeQuota('a}:{b', 0, MIN, 10, 2)
+    await store.consumeQuota('a', 0, MIN, 10, 1)
+    t.equal(await store.getQuota('a}:{b', 0, MIN), 2)
+    t.equal(await store.getQuota('a', 0, MIN), 1)
+  })
+
+  t.test('quota: refunds give back, never below zero, and make room again', async t => {
+    const store = await open(t)
+    await store.consumeQuota('dave', 0, MIN, 5, 5)
+    t.same(await store.consumeQuota('dave', 0, MIN, 5, 1), { granted: false, used: 5 })
+    await store.refundQuota('dave', 0, MIN, 2)
+    t.equal(await store.getQuota('dave', 0, MIN), 3)
+    t.same(await store.consumeQuota('dave', 0, MIN, 5, 2), { granted: true, used: 5 })
+    await store.refundQuota('dave', 0, MIN, 50)
+    t.equal(await store.getQuota('dave', 0, MIN), 0, 'clamped at zero')
+    await store.refundQuota('eve', 0, MIN, 1)
+    t.equal(await store.getQuota('eve', 0, MIN), 0, 'refund of an unused window stays zero')
+    // Interleaved charges and refunds stay exact.
+    await Promise.all(Array.from({ length: 100 }, (_, i) => i % 2 === 0
+      ? store.consumeQuota('frank', 0, MIN, 1000, 3)
+      : store.consumeQuota('frank', 0, MIN, 1000, 3).then(async () => { await store.refundQuota('frank', 0, MIN, 3) })))
+    t.equal(await store.getQuota('frank', 0, MIN), 150)
+  })
+
+  t.test('refresh: rotation moves the family to the new token; every token finds its family', async t => {
+    const store = await open(t)
+    const f = family()
+    await store.createFamily(f, 'h0')
+    t.same(await store.findFamily('h0'), { ...f, currentHash: 'h0' })
+    const r1 = await store.rotateRefresh('h0', 'h1', NOW + 1000)
+    t.same(r1, { status: 'rotated', family: { ...f, currentHash: 'h1', lastUsedAt: NOW + 1000 } })
+    t.same(await store.findFamily('h0'), { ...f, currentHash: 'h1', lastUsedAt: NOW + 1000 }, 'an earlier token still finds it')
+    t.same(await store.findFamily('h1'), { ...f, currentHash: 'h1', lastUsedAt: NOW + 1000 })
+    t.same(await store.rotateRefresh('nope', 'h9', NOW), { status: 'unknown' })
+    t.equal(await store.findFamily('nope'), undefined)
+    await t.rejects(store.createFamily(family({ id: f.id }), hash()), 'a duplicate family id is refused')
+    await t.rejects(store.createFamily(family(), 'h1'), 'a token hash already in use is refused')
+  })
+
+  t.test('refresh: of 50 concurrent rotations of one token exactly one wins', async t => {
+    const store = await open(t)
+    const f = family()
+    await store.createFamily(f, 'start')
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => store.rotateRefresh('start', `new-${i}`, NOW + 1)))
+    const winners = results.filter(r => r.status === 'rotated')
+    t.equal(winners.length, 1)
+    t.ok(results.every(r => r.status === 'rotated' || r.status === 'reused' || r.status === 'revoked'))
+    // The losers presented a token that was no longer current: reuse, so the family died.
+    t.ok((await store.findFamily('start'))?.revokedAt !== undefined, 'the family is revoked')
+  })
+
+  t.test('refresh: a rotated token presented again revokes the family, newest included', async t => {
+    const store = await open(t)
+    const f = family()
+    await store.createFamily(f, 'a0')
+    await store.rotateRefresh('a0', 'a1', NOW + 1)
+    await store.rotateRefresh('a1', 'a2', NOW + 2)
+    const reused = await store.rotateRefresh('a0', 'x', NOW + 3)
+    t.same(reused, { status: 'reused', family: { ...f, currentHash: 'a2', lastUsedAt: NOW + 2, revokedAt: NOW + 3 } })
+    t.same(await store.rotateRefresh('a2', 'a3', NOW + 4), { status: 'revoked', family: { ...f, currentHash: 'a2', lastUsedAt: NOW + 2, revokedAt: NOW + 3 } })
+    t.equal((await store.findFamily('a2'))?.revokedAt, NOW + 3)
+    t.equal(await store.findFamily('x'), undefined, 'the reuse attempt registered no new token')
+  })
+
+  t.test('refresh: revokeFamily keeps the first revocation time; unknown ids are a no-op', async t => {
+    const store = await open(t)
+    const f = family()
+    await store.createFamily(f, 'b0')
+    await store.revokeFamily(f.id, NOW + 5)
+    await store.revokeFamily(f.id, NOW + 9)
+    await store.revokeFamily('no-such-family', NOW)
+    t.same(await store.findFamily('b0'), { ...f, currentHash: 'b0', revokedAt: NOW + 5 })
+    t.same(await store.rotateRefresh('b0', 'b1', NOW + 6), { status: 'revoked', family: { ...f, currentHash: 'b0', revokedAt: NOW + 5 } })
+  })
+
+  t.test('revocations: listed in order with a cursor, expired ones never, the later expiry kept', async t => {
+    const store = await open(t)
+    const first = await store.listRevocations(undefined, NOW)
+    t.same(first.entries, [])
+    await store.addRevocation({ kind: 'jti', id: 'j1', expiresAt: NOW + MIN })
+    await store.addRevocation({ kind: 'family', id: 'f:1', expiresAt: NOW + DAY })
+    await store.addRevocation({ kind: 'jti', id: 'old', expiresAt: NOW - 1 })
+    const all = await store.listRevocations(undefined, NOW)
+    t.same(all.entries, [{ kind: 'jti', id: 'j1', expiresAt: NOW + MIN }, { kind: 'family', id: 'f:1', expiresAt: NOW + DAY }])
+    const none = await store.listRevocations(all.cursor, NOW)
+    t.same(none.entries, [])
+    t.ok(Number(none.cursor) >= Number(all.cursor), 'the cursor never goes back')
+    await store.addRevocation({ kind: 'jti', id: 'j2', expiresAt: NOW + MIN })
+    const next = await store.listRevocations(none.cursor, NOW)
+    t.same(next.entries, [{ kind: 'jti', id: 'j2', expiresAt: NOW + MIN }], 'only what was added since')
+    t.same((await store.listRevocations(undefined, NOW + 2 * MIN)).entries, [{ kind: 'family', id: 'f:1', expiresAt: NOW + DAY }], 'expired entries are left out')
+    await store.addRevocation({ kind: 'jti', id: 'j1', expiresAt: NOW + 3 * MIN })
+    await store.addRevocation({ kind: 'jti', id: 'j1', expiresAt: NOW + 2 * MIN })
+    const j1 = (await store.listRevocations(undefined, NOW)).entries.filter(e => e.id === 'j1')
+    t.same(j1, [{ kind: 'jti', id: 'j1', expiresAt: NOW + 3 * MIN }], 'one entry, with the later expiry')
+    t.same((await store.listRevocations('not-a-cursor', NOW)).entries.length, 3, 'a bad cursor reads from the start')
+  })
+
+  t.test('revocations: pages of at most 5000, followed to the end by the cursor', async t => {
+    const store = await open(t)
+    const n = 5100
+    for (let i = 0; i < n; i += 500) {
+      await Promise.all(Array.from({ length: Math.min(500, n - i) }, (_, j) => store.addRevocation({ kind: 'jti', id: `p${i + j}`, expiresAt: NOW + MIN })))
+    }
+    const seen = new Set<string>()
+    let cursor: string | undefined
+    let pages = 0
+    for (;;) {
+      const page = await store.listRevocations(cursor, NOW)
+      cursor = page.cursor
+      if (page.entries.length === 0) break
+      t.ok(page.entries.length <= 5000)
+      for (const e of page.entries) seen.add(e.id)
+      pages++
+    }
+    t.equal(seen.size, n)
+    t.equal(pages, 2)
+  })
+
+  t.test('counters: fixed windows aligned to the epoch, counted exactly', async t => {
+    const store = await open(t)
+    const start = Math.floor(NOW / MIN) * MIN
+    t.same(await store.incrementCounter('ip:1', MIN, start + 15_000), { count: 1, ttl: 45_000 })
+    t.same(await store.incrementCounter('ip:1', MIN, start + 59_999), { count: 2, ttl: 1 })
+    t.same(await store.incrementCounter('ip:2', MIN, start + 1), { count: 1, ttl: MIN - 1 }, 'another key')
+    t.same(await store.incrementCounter('ip:1', MIN, start + MIN), { count: 1, ttl: MIN }, 'the next window starts at 1')
+    const counts = await Promise.all(Array.from({ length: 200 }, () => store.incrementCounter('burst', MIN, start + 10)))
+    t.same(counts.map(c => c.count).sort((a, b) => a - b), Array.from({ length: 200 }, (_, i) => i + 1))
+  })
+
+  t.test('purge: expired families (with all their tokens) and revocations go; live ones stay', async t => {
+    const store = await open(t)
+    const dead = family({ expiresAt: NOW + MIN })
+    const live = family({ expiresAt: NOW + DAY })
+    await store.createFamily(dead, 'd0')
+    await store.rotateRefresh('d0', 'd1', NOW + 1)
+    await store.createFamily(live, 'l0')
+    await store.addRevocation({ kind: 'jti', id: 'gone', expiresAt: NOW + MIN })
+    await store.addRevocation({ kind: 'jti', id: 'kept', expiresAt: NOW + DAY })
+    const later = NOW + 2 * MIN
+    const purged = await store.purgeExpired(later, 1000)
+    t.ok(purged >= 2, `purged ${purged}`)
+    t.equal(await store.findFamily('d0'), undefined)
+    t.equal(await store.findFamily('d1'), undefined)
+    t.same(await store.rotateRefresh('d1', 'd2', later), { status: 'unknown' })
+    t.equal((await store.findFamily('l0'))?.id, live.id)
+    // Listed with an earlier `now`, the purged entry is really gone, not just filtered.
+    t.same((await store.listRevocations(undefined, NOW)).entries.map(e => e.id), ['kept'])
+    t.equal(await store.purgeExpired(later, 1000), 0, 'nothing left to purge')
+  })
+
+  t.test('ping answers while the store is up', async t => {
+    const store = await open(t)
+    await t.resolves(store.ping())
+  })
+}
+
+t.test('SqliteStore', async t => {
+  contract(t, async t => {
+    const store = SqliteStore.open(join(tempDir(t), 'contract.db'))
+    t.teardown(() => store.close())
+    return store
+  })
+})
+
+const redisUrl = await testRedisUrl(t)
+
+t.test('RedisStore', { skip: redisUrl === undefined ? 'no Redis available (and CI is not set)' : false }, async t => {
+  const url = redisUrl as string
+  contract(t, async t => {
+    const keyPrefix = uniquePrefix('contract')
+    const store = await RedisStore.connect(url, { timeoutMs: 2000, keyPrefix })
+    t.teardown(async () => {
+      await store.close()
+      await deletePrefix(url, keyPrefix)
+    })
+    t.equal(store.kind, 'redis')
+    return store
+  })
+})

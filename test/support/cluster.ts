@@ -1,0 +1,287 @@
+// Replicas as one: a harness that runs N real gateway processes (`node dist/cli.js serve`) on free
+// ports, sharing one Redis key prefix and one TOLLGATE_SECRET, from one YAML config written to a
+// temp dir. It builds dist/ first when the sources are newer, waits for each replica's "tollgate
+// ready" log line and a 200 from /health (handshakes, not sleeps), and stops every process in
+// teardown. Helpers issue tokens and run the `tollgate` CLI against the same config, so tests of
+// quota, refresh and revocation across replicas stay short.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdirSync, readdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
+import { stringify } from 'yaml'
+import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, basic, client, tempDir, type TestContext } from '../helper.js'
+import { deletePrefix, freePort, testRedisUrl, uniquePrefix, type TapLike } from './redis.js'
+
+export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
+const CLI = join(ROOT, 'dist', 'cli.js')
+// Idle sockets are dropped well before the replicas' keep-alive timeout (5 s), so a request never
+// lands on a connection the server is closing.
+const dispatcher = new Agent({ keepAliveTimeout: 1000, keepAliveMaxTimeout: 1000 })
+
+function newestMtime (dir: string): number {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
+  }
+  return newest
+}
+
+/** Compiles src/ into dist/ unless dist/cli.js is newer than every source (one build at a time). */
+export function ensureBuilt (): void {
+  const stale = (): boolean => {
+    try {
+      return statSync(CLI).mtimeMs < newestMtime(join(ROOT, 'src'))
+    } catch {
+      return true
+    }
+  }
+  if (!stale()) return
+  const lock = join(ROOT, '.build-lock')
+  const deadline = Date.now() + 120_000
+  for (;;) {
+    try {
+      mkdirSync(lock)
+      break
+    } catch {
+      if (Date.now() > deadline) throw new Error(`another build holds ${lock}; remove it if stale`)
+      spawnSync('sleep', ['0.2'])
+    }
+  }
+  try {
+    if (!stale()) return
+    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+    const result = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, encoding: 'utf8' })
+    if (result.status !== 0) throw new Error(`build failed:\n${result.stdout}${result.stderr}`)
+  } finally {
+    rmdirSync(lock)
+  }
+}
+
+export interface Replica {
+  index: number
+  port: number
+  url: string
+  process: ChildProcess
+  /** stdout and stderr lines so far (JSON log lines at the configured level). */
+  logs: string[]
+  /** SIGTERM, then SIGKILL if it has not exited after 5 s. */
+  stop: () => Promise<void>
+}
+
+export interface ClusterOptions {
+  replicas?: number
+  /** Merged over the default config, top-level key by key (clients, tools, rateLimits, tokens, ...). */
+  config?: Record<string, unknown>
+  /** Extra environment for every replica (e.g. tool secrets named by `valueEnv`). */
+  env?: Record<string, string>
+  /** Start replica 0 first and the others once it is ready (default), or all at once. */
+  staggered?: boolean
+  logLevel?: string
+}
+
+export interface Cluster {
+  replicas: Replica[]
+  redisUrl: string
+  keyPrefix: string
+  configFile: string
+  dir: string
+  /** POST /token (client_credentials unless `fields.grant_type` says otherwise) at a replica; throws unless 200. */
+  issue: (replica: Replica, fields?: Record<string, string>, clientId?: string) => Promise<Record<string, any>>
+  /** Any request at a replica; `form` sends an OAuth form body with the client's Basic credentials. */
+  request: (replica: Replica, path: string, init?: RequestInit & { form?: Record<string, string>, clientId?: string, bearer?: string }) => Promise<Response>
+  /** Runs `tollgate <args> --config <file>` with the replicas' environment. */
+  cli: (args: string[]) => Promise<{ status: number | null, stdout: string, stderr: string }>
+  /** Starts one more replica on the same config. */
+  add: () => Promise<Replica>
+}
+
+/** The default clients: `agent` (quota 20 per day, refresh), `other`, and `exchanger` (token exchange). */
+export function defaultClusterConfig (): Record<string, unknown> {
+  return {
+    issuer: 'https://tollgate.test',
+    clients: [
+      client('agent', { quota: { limit: 20, window: '1d' }, claims: { role: 'user' }, refresh: true }),
+      client('other', { audiences: ['tool:other'], refresh: true }),
+      client('exchanger', { exchange: true })
+    ],
+    tools: []
+  }
+}
+
+/**
+ * Starts `replicas` gateway processes on one Redis (TOLLGATE_TEST_REDIS_URL, the default port or
+ * a private redis-server). Returns undefined when no Redis can be had outside CI (skip the test).
+ */
+export async function startCluster (t: TapLike, options: ClusterOptions = {}): Promise<Cluster | undefined> {
+  const redisUrl = await testRedisUrl(t)
+  if (redisUrl === undefined) return undefined
+  ensureBuilt()
+  const dir = tempDir(t, 'tollgate-cluster-')
+  const keyPrefix = uniquePrefix('cluster')
+  const config = {
+    ...defaultClusterConfig(),
+    logLevel: options.logLevel ?? 'info',
+    ...options.config,
+    store: { redis: redisUrl, keyPrefix, timeout: '2s' }
+  }
+  const configFile = join(dir, 'tollgate.yaml')
+  writeFileSync(configFile, stringify(config), { mode: 0o600 })
+  const baseEnv: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    TOLLGATE_SECRET: SECRET,
+    ...options.env
+  }
+  const replicas: Replica[] = []
+  t.teardown(async () => {
+    await Promise.all(replicas.map(async r => { await r.stop() }))
+    await deletePrefix(redisUrl, keyPrefix)
+  })
+
+  const add = async (): Promise<Replica> => {
+    const index = replicas.length
+    const port = await freePort()
+    const dataDir = join(dir, `replica-${index}`)
+    const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], {
+      cwd: dir,
+      env: { ...baseEnv, TOLLGATE_PORT: String(port), TOLLGATE_HOST: '127.0.0.1', TOLLGATE_DATA_DIR: dataDir },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    const logs: string[] = []
+    const exited = new Promise<number | null>(resolve => child.once('exit', code => { resolve(code) }))
+    const replica: Replica = {
+      index,
+      port,
+      url: `http://127.0.0.1:${port}`,
+      process: child,
+      logs,
+      stop: async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return
+        child.kill('SIGTERM')
+        const timer = setTimeout(() => { child.kill('SIGKILL') }, 5000)
+        await exited
+        clearTimeout(timer)
+      }
+    }
+    replicas.push(replica)
+    await new Promise<void>((resolve, reject) => {
+      let buffered = ''
+      const onData = (chunk: Buffer): void => {
+        buffered += chunk.toString()
+        const lines = buffered.split('\n')
+        buffered = lines.pop() ?? ''
+        for (const line of lines) {
+          logs.push(line)
+          if (line.includes('"tollgate ready"')) resolve()
+        }
+      }
+      child.stdout?.on('data', onData)
+      child.stderr?.on('data', onData)
+      exited.then(code => { reject(new Error(`replica ${index} exited with ${String(code)} before it was ready:\n${logs.join('\n')}`)) }, reject)
+    })
+    const health = await fetch(`${replica.url}/health`, { dispatcher })
+    if (health.status !== 200) throw new Error(`replica ${index} is not healthy: ${health.status} ${await health.text()}`)
+    return replica
+  }
+
+  const count = options.replicas ?? 2
+  if (options.staggered === false) {
+    await Promise.all(Array.from({ length: count }, add))
+  } else {
+    await add()
+    await Promise.all(Array.from({ length: count - 1 }, add))
+  }
+
+  const request: Cluster['request'] = async (replica, path, init = {}) => {
+    const { form, clientId, bearer, ...rest } = init
+    const headers = new Headers(rest.headers)
+    if (form !== undefined) {
+      headers.set('content-type', 'application/x-www-form-urlencoded')
+      if (!headers.has('authorization')) headers.set('authorization', basic(clientId ?? 'agent', CLIENT_SECRET))
+    }
+    if (bearer !== undefined) headers.set('authorization', `Bearer ${bearer}`)
+    try {
+      return await fetch(`${replica.url}${path}`, {
+        ...rest,
+        dispatcher,
+        method: rest.method ?? (form !== undefined ? 'POST' : 'GET'),
+        headers,
+        ...(form !== undefined ? { body: new URLSearchParams(form).toString() } : {})
+      })
+    } catch (err) {
+      const cause = (err as Error & { cause?: Error }).cause
+      const state = replica.process.exitCode !== null || replica.process.signalCode !== null
+        ? `exited (${String(replica.process.exitCode ?? replica.process.signalCode)}); last log lines:\n${replica.logs.slice(-20).join('\n')}`
+        : 'still running'
+      throw new Error(`${path} at replica ${replica.index} failed: ${String(cause?.message ?? err)}; the replica is ${state}`, { cause: err })
+    }
+  }
+
+  const issue: Cluster['issue'] = async (replica, fields = {}, clientId = 'agent') => {
+    const res = await request(replica, '/token', { form: { grant_type: 'client_credentials', ...fields }, clientId })
+    const body = await res.text()
+    if (res.status !== 200) throw new Error(`token request at replica ${replica.index} failed: ${res.status} ${body}`)
+    return JSON.parse(body)
+  }
+
+  // Asynchronous on purpose: a blocked event loop would let kept-alive sockets go stale unnoticed.
+  const cli: Cluster['cli'] = async (args) => {
+    const child = spawn(process.execPath, [CLI, ...args, '--config', configFile], {
+      cwd: dir,
+      env: { ...baseEnv, TOLLGATE_DATA_DIR: join(dir, 'cli') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 60_000
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const status = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject)
+      child.once('close', code => { resolve(code) })
+    })
+    return { status, stdout, stderr }
+  }
+
+  return { replicas, redisUrl, keyPrefix, configFile, dir, issue, request, cli, add }
+}
+
+/** The JWS header of a compact token (to read its kid). */
+export function jwsHeader (token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[0] ?? '', 'base64url').toString('utf8'))
+}
+
+export interface Upstream {
+  url: string
+  /** Requests seen so far, in arrival order. */
+  calls: Array<{ method: string, url: string, headers: IncomingMessage['headers'], body: string }>
+}
+
+/**
+ * A real upstream tool on a free port: answers 200 with a JSON echo, or what `handler` writes.
+ * For /call tests across replicas (e.g. count how many of 60 parallel calls got through).
+ */
+export async function startUpstream (t: TestContext, handler?: (req: IncomingMessage, res: ServerResponse, body: string) => void): Promise<Upstream> {
+  const calls: Upstream['calls'] = []
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8')
+      calls.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
+      if (handler !== undefined) return handler(req, res, body)
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ ok: true, method: req.method, url: req.url }))
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { await new Promise(resolve => { server.closeAllConnections(); server.close(resolve) }) })
+  const address = server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : 0
+  return { url: `http://127.0.0.1:${port}`, calls }
+}
+
+export { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET }

@@ -1,0 +1,155 @@
+// Real Redis for tests: the one at TOLLGATE_TEST_REDIS_URL (else redis://127.0.0.1:6379) when it
+// answers, else a redis-server started here on a free port and stopped in teardown. Under CI=true a
+// Redis that cannot be had fails the test instead of skipping it. Servers started here are waited
+// for by their "Ready to accept connections" line (a handshake, not a sleep).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { createServer, connect } from 'node:net'
+import { Redis } from 'ioredis'
+import type { TestContext } from '../helper.js'
+
+export interface TapLike extends TestContext {
+  fail: (msg: string) => void
+}
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => { resolve(port) })
+    })
+  })
+}
+
+/** Sends PING over a raw socket; true when a Redis answers +PONG (or asks for auth). */
+export async function redisAnswers (url: string, timeoutMs = 1000): Promise<boolean> {
+  let host = '127.0.0.1'
+  let port = 6379
+  try {
+    const u = new URL(url)
+    host = u.hostname.replace(/^\[|\]$/g, '') || host
+    port = u.port === '' ? 6379 : Number(u.port)
+  } catch {
+    return false
+  }
+  return await new Promise(resolve => {
+    const socket = connect({ host, port })
+    const done = (ok: boolean): void => { socket.destroy(); resolve(ok) }
+    socket.setTimeout(timeoutMs, () => { done(false) })
+    socket.once('error', () => { done(false) })
+    socket.once('connect', () => { socket.write('PING\r\n') })
+    socket.once('data', (data) => { done(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
+  })
+}
+
+export interface RedisServer {
+  port: number
+  url: string
+  /** Stops the server (SHUTDOWN NOSAVE over the wire, then waits for the process to exit). */
+  stop: () => Promise<void>
+  /** Starts it again on the same port with the same options. */
+  start: () => Promise<void>
+  /** The running server's process id (to SIGSTOP it, say). */
+  pid: () => number
+}
+
+export interface RedisServerOptions {
+  /** A directory for an append-only file: data then survives stop/start. */
+  aofDir?: string
+  requirePass?: string
+  port?: number
+}
+
+/** Starts a private redis-server on a free port; stopped in teardown. */
+export async function startRedisServer (t: TestContext, options: RedisServerOptions = {}): Promise<RedisServer> {
+  const port = options.port ?? await freePort()
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--daemonize', 'no', '--loglevel', 'notice']
+  if (options.aofDir !== undefined) args.push('--appendonly', 'yes', '--appendfsync', 'always', '--dir', options.aofDir)
+  else args.push('--appendonly', 'no')
+  if (options.requirePass !== undefined) args.push('--requirepass', options.requirePass)
+  let child: ChildProcess | undefined
+
+  const start = async (): Promise<void> => {
+    const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    child = proc
+    await new Promise<void>((resolve, reject) => {
+      let out = ''
+      const onData = (chunk: Buffer): void => {
+        out += chunk.toString()
+        if (out.includes('Ready to accept connections')) {
+          proc.stdout?.off('data', onData)
+          proc.stdout?.resume()
+          resolve()
+        }
+      }
+      proc.stdout?.on('data', onData)
+      proc.stderr?.resume()
+      proc.once('error', reject)
+      proc.once('exit', (code) => { reject(new Error(`redis-server exited with ${String(code)}: ${out.slice(-500)}`)) })
+    })
+  }
+
+  const stop = async (): Promise<void> => {
+    const proc = child
+    child = undefined
+    if (proc === undefined || proc.exitCode !== null) return
+    const exited = new Promise<void>(resolve => proc.once('exit', () => { resolve() }))
+    proc.kill('SIGTERM') // redis-server shuts down cleanly on SIGTERM (and writes its AOF)
+    await exited
+  }
+
+  await start()
+  t.teardown(stop)
+  const pid = (): number => {
+    if (child?.pid === undefined) throw new Error('redis-server is not running')
+    return child.pid
+  }
+  return { port, url: `redis://${options.requirePass !== undefined ? `:${options.requirePass}@` : ''}127.0.0.1:${port}`, stop, start, pid }
+}
+
+export function hasRedisServerBinary (): boolean {
+  return (process.env.PATH ?? '').split(':').some(dir => dir !== '' && existsSync(`${dir}/redis-server`))
+}
+
+/**
+ * The Redis URL for store tests: TOLLGATE_TEST_REDIS_URL or the default port when it answers,
+ * else a private server. Undefined (the caller skips) only outside CI when there is no Redis at all.
+ */
+export async function testRedisUrl (t: TapLike): Promise<string | undefined> {
+  const configured = process.env.TOLLGATE_TEST_REDIS_URL
+  const url = configured !== undefined && configured !== '' ? configured : 'redis://127.0.0.1:6379'
+  if (await redisAnswers(url)) return url
+  if (hasRedisServerBinary()) return (await startRedisServer(t)).url
+  if (process.env.CI === 'true') {
+    t.fail(`no Redis answers at ${url} and redis-server is not installed (run scripts/ensure-redis.sh)`)
+  }
+  return undefined
+}
+
+/** A key prefix no other test run uses, so parallel test files never collide. */
+export function uniquePrefix (name = 'test'): string {
+  return `tgtest:${name}:${randomUUID()}:`
+}
+
+/** Deletes every key under a prefix (teardown hygiene on a shared Redis). */
+export async function deletePrefix (url: string, prefix: string): Promise<void> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy: () => null })
+  redis.on('error', () => {})
+  try {
+    await redis.connect()
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+      cursor = next
+      if (keys.length > 0) await redis.del(...keys)
+    } while (cursor !== '0')
+  } catch {
+    // the server is gone already: nothing to clean
+  } finally {
+    redis.disconnect()
+  }
+}
