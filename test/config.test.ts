@@ -54,7 +54,7 @@ tools:
   t.equal(c.source, file)
 
   const redis = loadConfig({ configPath: file, env: { ...env, TOLLGATE_REDIS_URL: 'redis://127.0.0.1:6379', AGENT_SECRET: 'x'.repeat(20), CHAT_KEY: 'k' } })
-  t.same(redis.store, { redis: 'redis://127.0.0.1:6379', timeout: 2 })
+  t.same(redis.store, { redis: 'redis://127.0.0.1:6379', timeout: 2, keyPrefix: 'tollgate:' })
 })
 
 t.test('a bad value stops with one line naming the key', async t => {

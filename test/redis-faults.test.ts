@@ -63,7 +63,7 @@ t.test('Redis down: 503 within the bound, process alive; Redis back: served agai
   t.ok(v.ms < CEILING_MS, `GET /validate answered in ${Math.round(v.ms)} ms`)
   const tk = await timed(tokenRequest)
   t.equal(tk.value.statusCode, 503, 'POST /token fails closed')
-  t.same(JSON.parse(tk.value.body), { error: 'store_unavailable', error_description: 'the state store is unavailable' }, 'an RFC 6749 §5.2 body, no token')
+  t.same(JSON.parse(tk.value.body), { error: 'temporarily_unavailable', error_description: 'the state store is unavailable' }, 'an RFC 6749 §5.2 body, no token')
   t.ok(tk.ms < CEILING_MS, `POST /token answered in ${Math.round(tk.ms)} ms`)
   const h = await timed(health)
   t.same(h.value, { statusCode: 503, json: { status: 'fail', checks: { store: 'fail', keys: 'ok' } } })

@@ -54,7 +54,9 @@ export function sendError (request: FastifyRequest, reply: FastifyReply, err: To
   for (const [name, value] of Object.entries(err.headers)) reply.header(name, value)
   if (config.oauth === true) {
     reply.header('cache-control', 'no-store')
-    return reply.type('application/json').send({ error: err.code, error_description: err.message })
+    // RFC 6749 has no code for an unavailable dependency; temporarily_unavailable is the closest.
+    const code = err.code === 'store_unavailable' ? 'temporarily_unavailable' : err.code
+    return reply.type('application/json').send({ error: code, error_description: err.message })
   }
   const challenge = bearerChallenge(err)
   if (challenge !== undefined && reply.getHeader('www-authenticate') === undefined) reply.header('www-authenticate', challenge)
