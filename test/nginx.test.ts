@@ -11,7 +11,7 @@ import { freePort, listenApp, requireExecutable, startUpstream, waitForPort } fr
 const TEMPLATE = new URL('../examples/nginx/tollgate-auth.conf', import.meta.url)
 
 /** The example config with its three addresses replaced; each must occur exactly once, so drift fails here. */
-export function renderExample (ports: { tollgate: number, upstream: number, nginx: number }): string {
+function renderExample (ports: { tollgate: number, upstream: number, nginx: number }): string {
   let text = readFileSync(TEMPLATE, 'utf8')
   const swaps: Array<[string, string]> = [
     ['server 127.0.0.1:8080;', `server 127.0.0.1:${ports.tollgate};`],
