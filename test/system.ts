@@ -1,0 +1,95 @@
+// Helpers for the suites that run real outside programs (nginx, python3, chromium) against an app
+// listening on a real port: locating a system binary (a failure in CI, a skip elsewhere), free
+// ports, a listening app, and a small real upstream. No sleeps: readiness is a successful connect.
+import { accessSync, constants } from 'node:fs'
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import type { Config } from '../src/config.js'
+import { build, type TestContext } from './helper.js'
+
+/** True when running in CI, where a missing system dependency is a failure, not a skip. */
+export const IN_CI = process.env.CI === 'true' || process.env.CI === '1'
+
+interface Skippable extends TestContext {
+  fail: (message: string) => unknown
+  /** tap's t.skip(name, fn): reports a skipped test with that name. */
+  skip: (name: string, fn: () => void) => unknown
+}
+
+/**
+ * The path of an executable if present. When missing: fails the test in CI (scripts/ensure-system-deps.sh
+ * should have installed it) and skips it elsewhere, with a message saying what to install.
+ */
+export function requireExecutable (t: Skippable, path: string, hint: string): string | undefined {
+  try {
+    accessSync(path, constants.X_OK)
+    return path
+  } catch {
+    const message = `${path} not found: ${hint} (or run scripts/ensure-system-deps.sh)`
+    if (IN_CI) t.fail(message)
+    else t.skip(message, () => {})
+    return undefined
+  }
+}
+
+/** A port that was free a moment ago (for programs that cannot listen on port 0 and report it). */
+export async function freePort (): Promise<number> {
+  const server = createNetServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', resolve)
+  })
+  const { port } = server.address() as AddressInfo
+  await new Promise<void>(resolve => server.close(() => { resolve() }))
+  return port
+}
+
+/** Resolves once something accepts TCP connections on the port; gives up after `attempts` tries. */
+export async function waitForPort (port: number, isAlive: () => boolean = () => true, attempts = 400): Promise<void> {
+  for (let i = 0; i < attempts; i++) {
+    if (!isAlive()) throw new Error(`the process meant to listen on ${port} exited`)
+    const ok = await new Promise<boolean>(resolve => {
+      const socket = connect(port, '127.0.0.1')
+      socket.once('connect', () => { socket.destroy(); resolve(true) })
+      socket.once('error', () => { resolve(false) })
+    })
+    if (ok) return
+    await new Promise(resolve => setImmediate(resolve))
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+  throw new Error(`nothing listens on 127.0.0.1:${port}`)
+}
+
+/** Builds the app (helper.build) and listens on 127.0.0.1; the port given, or a free one. */
+export async function listenApp (t: TestContext, config: Config, port = 0): Promise<{ app: FastifyInstance, url: string, port: number }> {
+  const app = await build(t, config)
+  await app.listen({ host: '127.0.0.1', port })
+  const actual = (app.server.address() as AddressInfo).port
+  return { app, url: `http://127.0.0.1:${actual}`, port: actual }
+}
+
+export interface SeenRequest {
+  method: string
+  url: string
+  headers: IncomingHttpHeaders
+}
+
+/** A real upstream (node:http) answering a small JSON body and recording what reached it. */
+export async function startUpstream (t: TestContext): Promise<{ server: Server, port: number, seen: SeenRequest[] }> {
+  const seen: SeenRequest[] = []
+  const server = createServer((req, res) => {
+    seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
+    req.resume()
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ ok: true, path: req.url, subject: req.headers['x-auth-subject'] ?? null }))
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => {
+    server.closeAllConnections()
+    server.close(() => { resolve() })
+  }))
+  return { server, port: (server.address() as AddressInfo).port, seen }
+}
