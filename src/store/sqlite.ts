@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
 `
 
+const COUNTER_FLUSH_MS = 1000
+/** Counters kept in memory at most; past that, ended windows are dropped (and all flushed). */
+const MAX_COUNTERS = 100_000
+
 interface FamilyRow {
   id: string
   client_id: string
@@ -74,6 +78,8 @@ export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
   readonly #db: Database.Database
   readonly #stmt
+  readonly #counters = new Map<string, { windowStart: number, expiresAt: number, count: number, pending: number }>()
+  #flushTimer: NodeJS.Timeout | undefined
 
   private constructor (db: Database.Database) {
     this.#db = db
@@ -97,11 +103,11 @@ export class SqliteStore implements Store {
         ON CONFLICT (kind, id) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)`),
       listRevocations: db.prepare('SELECT seq, kind, id, expires_at FROM revocations WHERE seq > ? AND expires_at > ? ORDER BY seq LIMIT 5000'),
       maxSeq: db.prepare('SELECT coalesce(max(seq), 0) FROM revocations').pluck(),
-      counter: db.prepare(`INSERT INTO counters (key, window_start, count, expires_at) VALUES (?, ?, 1, ?)
+      addToCounter: db.prepare(`INSERT INTO counters (key, window_start, count, expires_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (key) DO UPDATE SET
-          count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
-          window_start = excluded.window_start, expires_at = excluded.expires_at
-        RETURNING count`).pluck(),
+          count = CASE WHEN window_start = excluded.window_start THEN count + excluded.count ELSE excluded.count END,
+          window_start = excluded.window_start, expires_at = excluded.expires_at`),
+      getCounter: db.prepare('SELECT window_start, count FROM counters WHERE key = ?'),
       purgeQuota: db.prepare('DELETE FROM quota WHERE (sub, window_ms, window_start) IN (SELECT sub, window_ms, window_start FROM quota WHERE expires_at <= ? LIMIT ?)'),
       expiredFamilies: db.prepare('SELECT id FROM families WHERE expires_at <= ? LIMIT ?').pluck(),
       deleteFamilyTokens: db.prepare('DELETE FROM refresh_tokens WHERE family_id = ?'),
@@ -205,10 +211,39 @@ export class SqliteStore implements Store {
     return { entries: rows.map(r => ({ kind: r.kind, id: r.id, expiresAt: r.expires_at })), cursor: String(cursor) }
   }
 
+  // Rate-limit counters sit on every request's path, so they are counted in memory and written
+  // to the file in one transaction at most every COUNTER_FLUSH_MS (and on close): a restart keeps
+  // them, a kill -9 loses at most that last interval. The window's persisted count is read once,
+  // when a key is first seen in a window.
   async incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult> {
     const windowStart = Math.floor(now / windowMs) * windowMs
-    const count = this.#stmt.counter.get(key, windowStart, windowStart + windowMs) as number
-    return { count, ttl: windowStart + windowMs - now }
+    let counter = this.#counters.get(key)
+    if (counter === undefined || counter.windowStart !== windowStart) {
+      const row = this.#stmt.getCounter.get(key) as { window_start: number, count: number } | undefined
+      const base = row !== undefined && row.window_start === windowStart ? row.count : 0
+      if (counter !== undefined && counter.pending > 0) this.#flushCounters()
+      counter = { windowStart, expiresAt: windowStart + windowMs, count: base, pending: 0 }
+      if (this.#counters.size >= MAX_COUNTERS) this.#flushCounters(now)
+      this.#counters.set(key, counter)
+    }
+    counter.count++
+    counter.pending++
+    this.#flushTimer ??= setTimeout(() => { this.#flushCounters(Date.now()) }, COUNTER_FLUSH_MS).unref()
+    return { count: counter.count, ttl: windowStart + windowMs - now }
+  }
+
+  /** Writes pending increments; with `now`, also forgets counters whose window has ended. */
+  #flushCounters (now?: number): void {
+    if (this.#flushTimer !== undefined) clearTimeout(this.#flushTimer)
+    this.#flushTimer = undefined
+    if (!this.#db.open) return
+    this.#db.transaction(() => {
+      for (const [key, c] of this.#counters) {
+        if (c.pending > 0) this.#stmt.addToCounter.run(key, c.windowStart, c.pending, c.expiresAt)
+        c.pending = 0
+        if (now !== undefined && (c.expiresAt <= now || this.#counters.size >= MAX_COUNTERS)) this.#counters.delete(key)
+      }
+    }).immediate()
   }
 
   async purgeExpired (now: number, limit: number): Promise<number> {
@@ -229,6 +264,7 @@ export class SqliteStore implements Store {
   }
 
   async close (): Promise<void> {
+    this.#flushCounters()
     if (this.#db.open) this.#db.close()
   }
 }
