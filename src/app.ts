@@ -12,9 +12,11 @@ import corePlugin, { type CoreOptions } from './plugins/core.js'
 import errorsPlugin from './plugins/errors.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
+import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
+import quotaRoutes from './routes/quota.js'
 import tokenRoutes from './routes/token.js'
 import validateRoutes from './routes/validate.js'
 import { addSharedSchemas } from './schemas/index.js'
@@ -117,6 +119,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(discoveryRoutes)
   await app.register(healthRoutes)
   await app.register(metricsRoutes)
+  await app.register(callRoutes)
+  await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
   return app
