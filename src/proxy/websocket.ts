@@ -124,6 +124,11 @@ export class WebSocketRelay {
       followRedirects: false,
       rejectUnauthorized: true
     })
+    // Messages the tool sends before the caller is attached wait here. Listening from the start
+    // matters: a first message in the same packet as the 101 is emitted right after 'open'.
+    const early: Array<[RawData, boolean]> = []
+    const onEarly = (data: RawData, isBinary: boolean): void => { early.push([data, isBinary]) }
+    upstream.on('message', onEarly)
     await new Promise<void>((resolve, reject) => {
       upstream.once('open', () => { resolve() })
       upstream.once('unexpected-response', (_req, res) => {
@@ -135,10 +140,6 @@ export class WebSocketRelay {
         reject(/timed out/i.test(err.message) ? new UpstreamTimeout(undefined, { cause: err }) : new UpstreamUnavailable(undefined, { cause: err }))
       })
     })
-    // Messages the tool sends before the caller is attached wait here.
-    const early: Array<[RawData, boolean]> = []
-    const onEarly = (data: RawData, isBinary: boolean): void => { early.push([data, isBinary]) }
-    upstream.on('message', onEarly)
     upstream.on('error', () => { upstream.terminate() })
 
     // CONTRACT §9: the `bearer.` subprotocol is selected in the 101 when it carried the token;
