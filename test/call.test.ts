@@ -373,3 +373,27 @@ t.test('tool configuration is validated at startup', async t => {
   for (const [tool, message] of bad) t.throws(() => testConfig(t, { tools: [tool] }), message)
   t.throws(() => testConfig(t, { tools: [{ name: 'x', url: 'http://127.0.0.1/a', audience: 'a' }, { name: 'x', url: 'http://127.0.0.1/b', audience: 'a' }] }), /duplicate tool name/)
 })
+
+t.test('the demo echo tool shows what Tollgate forwards, minus secrets', async t => {
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, ['examples/echo-tool.mjs'], { env: { ...process.env, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { child.kill() })
+  const origin = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (c: Buffer) => {
+      out += String(c)
+      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)\/echo/.exec(out)
+      if (m !== null) resolve(m[1] as string)
+    })
+    child.on('exit', code => reject(new Error(`echo tool exited with ${String(code)}`)))
+  })
+  const { app } = await startApp(t, undefined, [{ name: 'chat', origin, path: '/echo' }])
+  const tok = (await issue(app)).access_token as string
+  const res = await app.inject({ method: 'POST', url: '/call', headers: { ...CALL, authorization: `Bearer ${tok}` }, payload: '{"tool":"chat","arguments":{"q":"hi"}}' })
+  t.equal(res.statusCode, 200)
+  const seen = res.json()
+  t.equal(seen.headers.authorization, '[redacted]')
+  t.match(seen.downstreamToken, { sub: 'agent', aud: 'tool:chat' })
+  t.equal(seen.body, '{"tool":"chat","arguments":{"q":"hi"}}')
+  t.notOk(res.body.includes(tok))
+})
