@@ -78,3 +78,39 @@ t.test('GET /quota: bearer only; a token without a quota is not metered', async 
   t.equal(call.statusCode, 200, 'unmetered calls go through')
   t.equal(call.headers.ratelimit, undefined)
 })
+
+t.test('a body that breaks off is refunded; a caller who walks away is charged', async t => {
+  const up = await startUpstream(t)
+  let sent!: () => void
+  const firstChunk = new Promise<void>(resolve => { sent = resolve })
+  up.routes.set('/broken/x', (req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.write('partial', () => { setImmediate(() => req.socket.destroy()) })
+  })
+  let upstreamGone!: () => void
+  const gone = new Promise<void>(resolve => { upstreamGone = resolve })
+  up.routes.set('/slow/x', (_req, res) => {
+    res.on('close', () => upstreamGone())
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.write('first', () => sent())
+  })
+  const { app, base } = await startApp(t, up, [{ name: 'chat', path: '/broken' }, { name: 'search', path: '/slow' }])
+  const tok = (await issue(app)).access_token as string
+  const used = async (): Promise<number> => (await app.inject({ method: 'GET', url: '/quota', headers: { authorization: `Bearer ${tok}` } })).json().used
+
+  const broken = await request(`${base}/call/chat/x`, { headers: { authorization: `Bearer ${tok}` } })
+  t.equal(broken.statusCode, 200)
+  await t.rejects(broken.body.text(), 'the caller sees the body break off')
+  // The refund runs when the proxy sees the upstream body fail; wait for the store to show it.
+  for (let i = 0; i < 1000 && await used() !== 0; i++) await new Promise(resolve => setImmediate(resolve))
+  t.equal(await used(), 0, 'refunded')
+
+  const ac = new AbortController()
+  const slow = await request(`${base}/call/search/x`, { headers: { authorization: `Bearer ${tok}` }, signal: ac.signal })
+  await firstChunk
+  ac.abort()
+  await slow.body.text().catch(() => {})
+  await gone // the proxy has dropped the upstream request, so any refund would have run by now
+  await new Promise(resolve => setImmediate(resolve))
+  t.equal(await used(), 1, 'charged: the caller aborted, the tool did not fail')
+})

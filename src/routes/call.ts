@@ -75,8 +75,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     }
     metrics.upstreamDuration.observe({ tool: tool.name }, Number(process.hrtime.bigint() - started) / 1e9)
     if (res.statusCode >= 500) await pipeline.settle(request, reply, true)
-    // A body that breaks off (reset, body timeout) is an upstream failure too.
-    res.body.once('error', () => { pipeline.settle(request, undefined, true).catch(() => {}) })
+    // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
+    // away (undici's UND_ERR_ABORTED when the stream is destroyed) is not.
+    res.body.on('error', (err: Error & { code?: string }) => {
+      if (err.code !== 'UND_ERR_ABORTED') pipeline.settle(request, undefined, true).catch(() => {})
+    })
     const quota = reply.getHeader('ratelimit')
     const policy = reply.getHeader('ratelimit-policy')
     reply.code(res.statusCode)
