@@ -13,9 +13,11 @@ import errorsPlugin from './plugins/errors.js'
 import lifecyclePlugin from './plugins/lifecycle.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
+import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
+import quotaRoutes from './routes/quota.js'
 import refreshRoutes from './routes/refresh.js'
 import revokeRoutes from './routes/revoke.js'
 import tokenRoutes from './routes/token.js'
@@ -134,6 +136,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(discoveryRoutes)
   await app.register(healthRoutes)
   await app.register(metricsRoutes)
+  await app.register(callRoutes)
+  await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
   return app

@@ -96,6 +96,29 @@ export class QuotaExceeded extends TollgateError {
   }
 }
 
+export class ToolNotFound extends TollgateError {
+  constructor (name: string) { super('tool_not_found', 404, `no tool named ${JSON.stringify(name.slice(0, 64))}`) }
+}
+
+/** A /call/:tool/* path that would leave the tool's base URL (traversal, encoded separators, NUL). */
+export class BadPath extends TollgateError {
+  constructor (detail = 'the path is not allowed') { super('bad_path', 400, detail) }
+}
+
+export class PayloadTooLarge extends TollgateError {
+  constructor (detail = 'request body too large') { super('payload_too_large', 413, detail) }
+}
+
+/** The upstream refused or dropped the connection (RFC 9110 §15.6.3). */
+export class UpstreamUnavailable extends TollgateError {
+  constructor (detail = 'the tool is unavailable', options?: ErrorOptions) { super('upstream_unavailable', 502, detail, options) }
+}
+
+/** The upstream did not answer within the tool's timeout (RFC 9110 §15.6.5). */
+export class UpstreamTimeout extends TollgateError {
+  constructor (detail = 'the tool did not answer in time', options?: ErrorOptions) { super('upstream_timeout', 504, detail, options) }
+}
+
 export class StoreUnavailable extends TollgateError {
   constructor (options?: ErrorOptions) {
     super('store_unavailable', 503, 'the state store is unavailable', options)

@@ -1,0 +1,78 @@
+// Header hygiene between the caller and a tool (CONTRACT §5, SECURITY.md "Proxying"). Owns which
+// request headers reach the upstream and which response headers reach the caller; never decides
+// who may call, never logs a value.
+import type { IncomingHttpHeaders } from 'node:http'
+
+// RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones proxies still see.
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'http2-settings'
+])
+
+// The caller's credentials never reach a tool; Tollgate sets its own.
+const CREDENTIALS = new Set(['authorization', 'cookie'])
+
+// Set by Tollgate itself below; the caller's values are dropped (or, for a trusted proxy, the
+// X-Forwarded-For chain is extended).
+const SET_BY_GATEWAY = new Set(['host', 'x-request-id', 'forwarded', 'x-real-ip'])
+
+/** Field names listed in a Connection header (RFC 9110 §7.6.1): they are hop-by-hop too. */
+function connectionListed (headers: IncomingHttpHeaders): Set<string> | undefined {
+  const value = headers.connection
+  if (value === undefined || value === '') return undefined
+  return new Set(String(value).split(',').map(s => s.trim().toLowerCase()).filter(Boolean))
+}
+
+export interface ForwardContext {
+  /** The client IP as Fastify computed it (honours server.trustProxy). */
+  clientIp: string
+  /** The TCP peer's address. */
+  peerIp: string
+  /** Whether the peer is a trusted proxy that sent a forwarding chain. */
+  trustedPeer: boolean
+  proto: string
+  host: string
+  requestId: string
+  /** X-Auth-Subject, already checked for header safety. */
+  subject: string
+  /** The credential header for the upstream, if any (lower-case name). */
+  credential?: { name: string, value: string }
+  /** A WebSocket handshake keeps its Upgrade header and Sec-WebSocket-* fields are set by ws. */
+  websocket?: boolean
+}
+
+/** The headers to send upstream for a caller's request. */
+export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, ctx: ForwardContext): Record<string, string | string[]> {
+  const listed = connectionListed(incoming)
+  const out: Record<string, string | string[]> = {}
+  for (const name in incoming) {
+    const value = incoming[name]
+    if (value === undefined) continue
+    if (HOP_BY_HOP.has(name) || CREDENTIALS.has(name) || SET_BY_GATEWAY.has(name)) continue
+    if (name.startsWith('proxy-') || name.startsWith('x-forwarded-') || name.startsWith('x-auth-')) continue
+    if (listed?.has(name) === true) continue
+    if (ctx.websocket === true && name.startsWith('sec-websocket-')) continue
+    out[name] = value
+  }
+  const chain = ctx.trustedPeer ? incoming['x-forwarded-for'] : undefined
+  out['x-forwarded-for'] = chain !== undefined && chain !== '' ? `${String(chain)}, ${ctx.peerIp}` : ctx.clientIp
+  out['x-forwarded-proto'] = ctx.proto
+  out['x-forwarded-host'] = ctx.host
+  out['x-request-id'] = ctx.requestId
+  out['x-auth-subject'] = ctx.subject
+  if (ctx.credential !== undefined) out[ctx.credential.name] = ctx.credential.value
+  return out
+}
+
+/** The upstream's response headers without hop-by-hop fields, for the caller. */
+export function callerResponseHeaders (incoming: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const listed = connectionListed(incoming as IncomingHttpHeaders)
+  const out: Record<string, string | string[]> = {}
+  for (const name in incoming) {
+    const value = incoming[name]
+    if (value === undefined) continue
+    if (HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
+    out[name] = value
+  }
+  return out
+}

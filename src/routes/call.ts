@@ -1,0 +1,195 @@
+// POST /call and any method /call/:tool/* (CONTRACT §5, §9). Thin: wires the pipeline's stages
+// into Fastify hooks in the contract's order (onRequest: authenticate; preHandler: authorize →
+// path → limit → meter; handler: relay → proxy → settle), streams bodies both ways, and writes the
+// audit line for each refused call. The tools, pools and downstream-token cache live here because
+// only these routes use them; they are built (and the tool list validated) at registration.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Type } from 'typebox'
+import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
+import { createPipeline, refusalReason } from '../call/pipeline.js'
+import { DownstreamTokens } from '../proxy/downstream-token.js'
+import { callerResponseHeaders } from '../proxy/headers.js'
+import { splitCallUrl, upstreamPath } from '../proxy/path.js'
+import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
+import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
+import { problem } from '../schemas/index.js'
+import type { Principal } from '../tokens/index.js'
+import { ToolRegistry, type Tool } from '../tools/index.js'
+import type { Readable } from 'node:stream'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The raw bytes of a POST /call body, sent upstream unchanged. */
+    rawBody?: Buffer
+    /** The checked upstream path and query of a pass-through call. */
+    upstreamPath?: string
+  }
+}
+
+const PASS_THROUGH_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
+
+const CallRequestSchema = Type.Object({
+  tool: Type.String({ minLength: 1, description: 'The configured tool name' }),
+  arguments: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'Passed to the tool as part of the unchanged body' }))
+}, { additionalProperties: true })
+
+const errorResponses = { 400: problem, 401: problem, 403: problem, 404: problem, 413: problem, 415: problem, 429: problem, 502: problem, 503: problem, 504: problem }
+
+const CALL_HEADERS_DOC = 'Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
+
+export default async function callRoutes (app: FastifyInstance): Promise<void> {
+  const tools = new ToolRegistry(app.config.tools)
+  const upstreams = new Upstreams(tools)
+  app.addHook('onClose', async () => { await upstreams.close() })
+  const downstream = new DownstreamTokens(app.tokens, app.clock)
+  const relay = new WebSocketRelay(app, app.tokens, app.clock)
+  relay.listen()
+  const pipeline = createPipeline(app, { tools, downstream, subprotocolToken })
+  const bodyLimit = app.config.server.bodyLimit
+  const { metrics } = app
+
+  // Audit and metrics for every refusal on these routes (never the token itself).
+  app.addHook('onError', async (request, _reply, error) => {
+    const reason = refusalReason(error)
+    const p = request.principal
+    const tool = request.call?.tool.name ?? (request.params as { tool?: string } | undefined)?.tool ?? (request.body as { tool?: unknown } | undefined)?.tool
+    request.log.info({ audit: 'call.refused', tool: typeof tool === 'string' ? tool.slice(0, 64) : undefined, client_id: p?.clientId, sub: p?.sub, jti: p?.jti, reason }, 'call refused')
+    // Rate-limit refusals are counted by the limiters; upstream failures are not refusals.
+    if (reason !== 'rate_limited' && !reason.startsWith('upstream_')) metrics.rejections.inc({ reason })
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    const call = request.call
+    if (call !== undefined) metrics.calls.inc({ tool: call.tool.name, status: String(reply.statusCode) })
+  })
+
+  /** proxy → settle: one upstream request, refunded when it fails; the body streams to the caller. */
+  async function forward (request: FastifyRequest, reply: FastifyReply, tool: Tool, req: UpstreamRequest): Promise<FastifyReply> {
+    const started = process.hrtime.bigint()
+    let res
+    try {
+      res = await upstreams.request(tool, req)
+    } catch (err) {
+      const e = translate(err)
+      if (e instanceof UpstreamUnavailable || e instanceof UpstreamTimeout) await pipeline.settle(request, reply, true)
+      throw e
+    }
+    metrics.upstreamDuration.observe({ tool: tool.name }, Number(process.hrtime.bigint() - started) / 1e9)
+    if (res.statusCode >= 500) await pipeline.settle(request, reply, true)
+    // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
+    // away (undici's UND_ERR_ABORTED when the stream is destroyed) is not.
+    res.body.on('error', (err: Error & { code?: string }) => {
+      if (err.code !== 'UND_ERR_ABORTED') pipeline.settle(request, undefined, true).catch(() => {})
+    })
+    const quota = reply.getHeader('ratelimit')
+    const policy = reply.getHeader('ratelimit-policy')
+    reply.code(res.statusCode)
+    reply.headers(callerResponseHeaders(res.headers))
+    // Tollgate's own fields win over anything the tool sent under the same names.
+    reply.header('x-request-id', request.id)
+    if (quota !== undefined && policy !== undefined) reply.header('ratelimit', quota).header('ratelimit-policy', policy)
+    else { reply.removeHeader('ratelimit'); reply.removeHeader('ratelimit-policy') }
+    return reply.send(res.body)
+  }
+
+  // ---- POST /call: the JSON body goes to the tool's url as the exact bytes received.
+  await app.register(async function callJson (scope) {
+    scope.removeAllContentTypeParsers()
+    const parseJson = scope.getDefaultJsonParser('error', 'error')
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+      request.rawBody = body as Buffer
+      parseJson(request, (body as Buffer).toString('utf8'), done)
+    })
+    scope.post('/call', {
+      schema: {
+        operationId: 'callTool',
+        tags: ['tools'],
+        summary: 'Call a tool',
+        description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC,
+        security: [{ bearerAuth: [] }],
+        body: CallRequestSchema,
+        response: { 200: Type.Unknown({ description: 'The tool\'s answer, passed through (any status the tool sends)' }), ...errorResponses }
+      },
+      onRequest: pipeline.authenticate,
+      preHandler: [
+        async (request) => { pipeline.authorize(request, (request.body as { tool: string }).tool) },
+        pipeline.limit,
+        pipeline.meter
+      ]
+    }, async (request, reply) => {
+      const tool = request.call?.tool as Tool
+      return await forward(request, reply, tool, {
+        method: 'POST',
+        path: tool.url.pathname,
+        headers: pipeline.relay(request, tool),
+        body: request.rawBody ?? null
+      })
+    })
+  })
+
+  // ---- /call/:tool/*: method, rest of the path, query and a streamed body to the tool's base.
+  await app.register(async function callPassThrough (scope) {
+    // Bodies are not buffered: the raw request stream goes upstream (capped below).
+    scope.removeAllContentTypeParsers()
+    scope.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
+
+    const preHandler = [
+      async (request: FastifyRequest) => {
+        const tool = pipeline.authorize(request, (request.params as { tool: string }).tool)
+        if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
+        const { rest, search } = splitCallUrl(request.raw.url ?? '')
+        request.upstreamPath = upstreamPath(tool, rest, search)
+      },
+      pipeline.limit,
+      pipeline.meter
+    ]
+    const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
+      const tool = request.call?.tool as Tool
+      const path = request.upstreamPath as string
+      if (isUpgrade(request)) {
+        try {
+          await relay.relay(request, reply, { tool, path, headers: pipeline.relay(request, tool, { websocket: true }), principal: request.principal as Principal })
+        } catch (err) {
+          await pipeline.settle(request, reply, true)
+          throw err
+        }
+        metrics.calls.inc({ tool: tool.name, status: '101' })
+        return undefined
+      }
+      let body: Readable | null = null
+      if (request.body !== undefined && request.body !== null && typeof (request.body as Readable).pipe === 'function') {
+        const length = Number(request.headers['content-length'] ?? 0)
+        if (length > bodyLimit) throw new PayloadTooLarge()
+        body = capBody(request.body as Readable, bodyLimit)
+      }
+      return await forward(request, reply, tool, {
+        method: request.method as UpstreamRequest['method'],
+        path,
+        headers: pipeline.relay(request, tool),
+        body
+      })
+    }
+    const options = {
+      onRequest: pipeline.authenticate,
+      preHandler
+    }
+    scope.get('/call/:tool/*', {
+      ...options,
+      schema: {
+        operationId: 'callToolPath',
+        tags: ['tools'],
+        summary: 'REST-style pass-through to a tool',
+        description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades here (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC,
+        security: [{ bearerAuth: [] }],
+        params: Type.Object({ tool: Type.String(), '*': Type.String() }),
+        response: { 200: Type.Unknown({ description: 'The tool\'s answer, passed through' }), ...errorResponses }
+      }
+    }, handler)
+    scope.route({
+      ...options,
+      method: [...PASS_THROUGH_METHODS],
+      url: '/call/:tool/*',
+      schema: { hide: true },
+      handler
+    })
+  })
+}

@@ -1,0 +1,94 @@
+// The tool registry: the configured downstream tools, checked once at startup and kept in a Map
+// for the hot path. Owns each tool's parsed base URL, path prefix and credential mode; never
+// talks to a tool, never decides who may call one.
+import type { ToolConfig } from '../config.js'
+import { ConfigError } from '../config.js'
+import { ToolNotFound } from '../errors.js'
+
+export type ToolAuth =
+  | { kind: 'token' }
+  | { kind: 'none' }
+  | { kind: 'header', header: string, value: string }
+
+export interface Tool {
+  name: string
+  /** The configured URL: POST /call posts here; /call/:tool/* uses it as the base. */
+  url: URL
+  /** `scheme://host:port`, the key of the connection pool. */
+  origin: string
+  /** The base path without its trailing slash ('' for the root); every upstream path starts with it. */
+  basePath: string
+  audience: string
+  scopes: readonly string[]
+  cost: number
+  /** Milliseconds. */
+  timeoutMs: number
+  auth: ToolAuth
+  refundOnFailure: boolean
+  websocket: boolean
+}
+
+export class ToolRegistry {
+  readonly #tools = new Map<string, Tool>()
+
+  constructor (configs: readonly ToolConfig[]) {
+    configs.forEach((c, i) => {
+      const tool = toTool(c, `tools.${i}`)
+      if (this.#tools.has(tool.name)) throw new ConfigError(`tools.${i}.name`, `duplicate tool name ${tool.name}`)
+      this.#tools.set(tool.name, tool)
+    })
+  }
+
+  /** The tool, or throws ToolNotFound (404). */
+  get (name: unknown): Tool {
+    const tool = typeof name === 'string' ? this.#tools.get(name) : undefined
+    if (tool === undefined) throw new ToolNotFound(typeof name === 'string' ? name : '')
+    return tool
+  }
+
+  get size (): number {
+    return this.#tools.size
+  }
+
+  [Symbol.iterator] (): IterableIterator<Tool> {
+    return this.#tools.values()
+  }
+}
+
+// config.ts has already checked the scheme, credentials and query; these asserts keep the
+// registry safe when it is built from anything else (tests, embedding).
+function toTool (c: ToolConfig, key: string): Tool {
+  let url: URL
+  try {
+    url = new URL(c.url)
+  } catch {
+    throw new ConfigError(`${key}.url`, 'must be an absolute http(s) URL')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${key}.url`, 'must be http or https')
+  if (url.username !== '' || url.password !== '') throw new ConfigError(`${key}.url`, 'must not carry credentials')
+  if (url.search !== '' || url.hash !== '') throw new ConfigError(`${key}.url`, 'must not carry a query or fragment')
+  let auth: ToolAuth
+  if (c.auth === undefined || c.auth === 'token') auth = { kind: 'token' }
+  else if (c.auth === 'none') auth = { kind: 'none' }
+  else {
+    if (c.auth.value === undefined || c.auth.value === '') throw new ConfigError(`${key}.auth.valueEnv`, `environment variable ${c.auth.valueEnv} is not set`)
+    const header = c.auth.header.toLowerCase()
+    if (['host', 'connection', 'content-length', 'transfer-encoding', 'upgrade'].includes(header) || header.startsWith('x-forwarded-')) {
+      throw new ConfigError(`${key}.auth.header`, `${c.auth.header} cannot carry a credential`)
+    }
+    auth = { kind: 'header', header, value: c.auth.value }
+  }
+  return {
+    name: c.name,
+    url,
+    origin: url.origin,
+    basePath: url.pathname.replace(/\/+$/, ''),
+    audience: c.audience,
+    scopes: [...c.scopes],
+    cost: c.cost,
+    timeoutMs: Math.max(1, Math.round(c.timeout * 1000)),
+    auth,
+    refundOnFailure: c.refundOnFailure,
+    websocket: c.websocket
+  }
+}
