@@ -247,6 +247,7 @@ export class SqliteStore implements Store {
   }
 
   async purgeExpired (now: number, limit: number): Promise<number> {
+    this.#flushCounters(now) // write pending increments and forget ended windows before purging rows
     return this.#db.transaction(() => {
       let n = this.#stmt.purgeQuota.run(now, limit).changes
       for (const id of this.#stmt.expiredFamilies.all(now, limit) as string[]) {
