@@ -28,11 +28,12 @@ declare module 'fastify' {
 export default fp(async function metricsPlugin (app) {
   const metrics = new Metrics()
   app.decorate('metrics', metrics)
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     metrics.requestDuration.observe({
       method: request.method,
       route: request.routeOptions.url ?? 'unmatched',
       status_code: String(reply.statusCode)
     }, reply.elapsedTime / 1000)
+    done()
   })
 }, { name: 'tollgate-metrics' })
