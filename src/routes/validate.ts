@@ -100,16 +100,16 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
       }
     },
     onRequest: app.authenticate,
-    preHandler: [
-      async (request: FastifyRequest) => {
-        const query = request.query as ForwardAuthQuery
-        const principal = request.principal as Principal
-        requireAudience(principal, query.audience)
-        requireScopes(principal, spaceList(query.scope) ?? [])
-      },
-      app.limiters.perIp,
-      app.limiters.perSubject
-    ],
+    // One hook for the checks and both limits, in the pipeline's order: a hook per step costs a
+    // promise and a dispatch on every request of the gateway's hottest route.
+    preHandler: async (request: FastifyRequest) => {
+      const query = request.query as ForwardAuthQuery
+      const principal = request.principal as Principal
+      requireAudience(principal, query.audience)
+      requireScopes(principal, spaceList(query.scope) ?? [])
+      await app.limiters.perIp(request)
+      await app.limiters.perSubject(request)
+    },
     onError: async (request, _reply, err) => {
       metrics.validations.inc({ endpoint: 'forward_auth', result: (err as TollgateError).code ?? 'error' })
     }
