@@ -95,7 +95,7 @@ export class Tokens {
     this.#opts = options
     this.#clock = options.clock ?? Date.now
     this.#cacheSize = options.cacheSize ?? 10_000
-    this.revocations = new RevocationList(options.store, this.#clock, options.revocationSyncMs ?? 500, options.revocationMaxStalenessMs ?? 5000)
+    this.revocations = new RevocationList(options.store, this.#clock, options.revocationSyncMs ?? 250, options.revocationMaxStalenessMs ?? 5000)
   }
 
   get issuer (): string {
