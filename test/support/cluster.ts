@@ -80,6 +80,8 @@ export interface ClusterOptions {
   /** Start replica 0 first and the others once it is ready (default), or all at once. */
   staggered?: boolean
   logLevel?: string
+  /** A Redis of the test's own (e.g. one it stops and starts); default: the shared test Redis. */
+  redisUrl?: string
 }
 
 export interface Cluster {
@@ -116,7 +118,7 @@ export function defaultClusterConfig (): Record<string, unknown> {
  * a private redis-server). Returns undefined when no Redis can be had outside CI (skip the test).
  */
 export async function startCluster (t: TapLike, options: ClusterOptions = {}): Promise<Cluster | undefined> {
-  const redisUrl = await testRedisUrl(t)
+  const redisUrl = options.redisUrl ?? await testRedisUrl(t)
   if (redisUrl === undefined) return undefined
   ensureBuilt()
   const dir = tempDir(t, 'tollgate-cluster-')
