@@ -3,7 +3,8 @@
 // path → limit → meter; handler: relay → proxy → settle), streams bodies both ways, and writes the
 // audit line for each refused call. The tools, pools and downstream-token cache live here because
 // only these routes use them; they are built (and the tool list validated) at registration.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { SwaggerTransform } from '@fastify/swagger'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import { Type } from 'typebox'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
 import { createPipeline, refusalReason } from '../call/pipeline.js'
@@ -12,7 +13,7 @@ import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
 import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
-import { problem } from '../schemas/index.js'
+import { headers, problem, response } from '../schemas/index.js'
 import type { Principal } from '../tokens/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
 import type { Readable } from 'node:stream'
@@ -33,9 +34,35 @@ const CallRequestSchema = Type.Object({
   arguments: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'Passed to the tool as part of the unchanged body' }))
 }, { additionalProperties: true })
 
-const errorResponses = { 400: problem, 401: problem, 403: problem, 404: problem, 413: problem, 415: problem, 429: problem, 502: problem, 503: problem, 504: problem }
+const errorResponses = {
+  400: problem('Malformed request, or (pass-through) a path that would leave the tool\'s base (bad_path)'),
+  401: problem('No token, or an invalid, expired or revoked one, or one without the tool\'s audience', headers.wwwAuthenticateBearer),
+  403: problem('The token lacks a scope the tool requires (insufficient_scope)', headers.wwwAuthenticateBearer),
+  404: problem('No such tool (tool_not_found)'),
+  413: problem('The body is too large (payload_too_large)'),
+  415: problem('POST /call takes application/json only (unsupported_media_type)'),
+  429: problem('rate_limited or quota_exceeded', { ...headers.retryAfter, ...headers.quota }),
+  502: problem('The tool could not be reached (upstream_unavailable); the call is refunded', headers.quota),
+  503: problem('The state store is unavailable (store_unavailable)'),
+  504: problem('The tool did not answer in time (upstream_timeout); the call is refunded', headers.quota)
+}
+
+/** The tool's own answer: any status, media type and body, streamed back unchanged. */
+const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: headers.quota })
 
 const CALL_HEADERS_DOC = 'Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
+
+const PassThroughParamsDoc = Type.Object({
+  tool: Type.String({ description: 'The configured tool name' }),
+  path: Type.String({ description: 'The rest of the path below the tool\'s base URL. It may hold several segments: send `/` unencoded (`%2F` is refused as bad_path), so give a generated client a path serializer that encodes each segment, not the whole value.' })
+})
+
+/** @fastify/swagger transform: documents `/call/:tool/*` as `/call/{tool}/{path}`, and an optional raw body on POST, PUT and PATCH. */
+const documentPassThrough: SwaggerTransform = ({ schema, url }) => {
+  const doc: FastifySchema = { ...schema, params: PassThroughParamsDoc }
+  if (doc.consumes !== undefined) doc.body = Type.Unknown({ description: 'Streamed to the tool unchanged, any media type' })
+  return { schema: doc, url: url.replace(/\*$/, ':path') }
+}
 
 export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const tools = new ToolRegistry(app.config.tools)
@@ -107,7 +134,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC,
         security: [{ bearerAuth: [] }],
         body: CallRequestSchema,
-        response: { 200: Type.Unknown({ description: 'The tool\'s answer, passed through (any status the tool sends)' }), ...errorResponses }
+        response: { 200: toolAnswer, ...errorResponses }
       },
       onRequest: pipeline.authenticate,
       preHandler: [
@@ -172,24 +199,28 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       onRequest: pipeline.authenticate,
       preHandler
     }
-    scope.get('/call/:tool/*', {
-      ...options,
-      schema: {
-        operationId: 'callToolPath',
-        tags: ['tools'],
-        summary: 'REST-style pass-through to a tool',
-        description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades here (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC,
-        security: [{ bearerAuth: [] }],
-        params: Type.Object({ tool: Type.String(), '*': Type.String() }),
-        response: { 200: Type.Unknown({ description: 'The tool\'s answer, passed through' }), ...errorResponses }
-      }
-    }, handler)
-    scope.route({
-      ...options,
-      method: [...PASS_THROUGH_METHODS],
-      url: '/call/:tool/*',
-      schema: { hide: true },
-      handler
-    })
+    // One route per method so each gets its own operationId in the OpenAPI document (HEAD comes
+    // with GET). The document names the wildcard `{path}`: OpenAPI has no `*` parameter, and
+    // generated clients (openapi-fetch) leave a literal `{*}` in the URL.
+    for (const method of ['GET', ...PASS_THROUGH_METHODS] as const) {
+      const withBody = method === 'POST' || method === 'PUT' || method === 'PATCH'
+      scope.route({
+        ...options,
+        method,
+        url: '/call/:tool/*',
+        config: { swaggerTransform: documentPassThrough },
+        schema: {
+          operationId: method === 'GET' ? 'callToolPath' : `callToolPath${method[0]}${method.slice(1).toLowerCase()}`,
+          tags: ['tools'],
+          summary: `REST-style pass-through to a tool (${method})`,
+          description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC,
+          security: [{ bearerAuth: [] }],
+          params: Type.Object({ tool: Type.String(), '*': Type.String() }),
+          ...(withBody ? { consumes: ['*/*'] } : {}),
+          response: { 200: toolAnswer, ...errorResponses }
+        },
+        handler
+      })
+    }
   })
 }

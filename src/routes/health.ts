@@ -1,7 +1,7 @@
 // GET /health: liveness and readiness with per-dependency checks; 503 when one fails, so a load
 // balancer takes the replica out while the process stays up and recovers by itself.
 import type { FastifyInstance } from 'fastify'
-import { ref } from '../schemas/index.js'
+import { ref, response } from '../schemas/index.js'
 
 const STORE_CHECK_MS = 1000
 
@@ -11,7 +11,7 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
       operationId: 'getHealth',
       tags: ['operations'],
       summary: 'Health and readiness',
-      response: { 200: ref('Health'), 503: ref('Health') }
+      response: { 200: response('Every dependency is ok', ref('Health')), 503: response('A dependency failed: take this replica out of rotation', ref('Health')) }
     }
   }, async (_request, reply) => {
     const store = await withTimeout(app.store.ping(), STORE_CHECK_MS).then(() => 'ok' as const, () => 'fail' as const)

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { Type } from 'typebox'
 import { StoreUnavailable } from '../errors.js'
 import { quotaHeaders } from '../quota/index.js'
-import { problem } from '../schemas/index.js'
+import { headers, problem, response } from '../schemas/index.js'
 import type { Principal } from '../tokens/index.js'
 
 const NullableInt = (description: string) => Type.Union([Type.Integer(), Type.Null()], { description })
@@ -19,16 +19,16 @@ export default async function quotaRoutes (app: FastifyInstance): Promise<void> 
       description: 'Usage of the caller\'s subject in the current fixed window (aligned to multiples of the window since the Unix epoch). Carries `RateLimit-Policy` and `RateLimit`. For a token without a quota claim (not metered) every number is null.',
       security: [{ bearerAuth: [] }],
       response: {
-        200: Type.Object({
+        200: response('Usage in the current window', Type.Object({
           sub: Type.String(),
           limit: NullableInt('Calls (cost units) allowed per window; null when not metered'),
           used: NullableInt('Used in the current window'),
           remaining: NullableInt('Left in the current window'),
           window: NullableInt('Window length in seconds'),
           reset: NullableInt('Seconds until the window resets')
-        }, { $id: 'QuotaStatus' }),
-        401: problem,
-        503: problem
+        }, { $id: 'QuotaStatus' }), { headers: headers.quota }),
+        401: problem('No token, or an invalid, expired or revoked one', headers.wwwAuthenticateBearer),
+        503: problem('The state store is unavailable')
       }
     },
     onRequest: app.authenticate

@@ -2,7 +2,7 @@
 // grant_type=refresh_token at /token. Thin: the rules live in src/oauth/refresh.ts.
 import type { FastifyInstance } from 'fastify'
 import { authenticateClient, rejectRepeatedParameters } from '../oauth/client-auth.js'
-import { oauthErrors, ref } from '../schemas/index.js'
+import { headers, oauthErrors, ref, response } from '../schemas/index.js'
 import { TOKEN_BODY_LIMIT, refreshGrant, sendTokenResponse } from './token.js'
 
 export default async function refreshRoutes (app: FastifyInstance): Promise<void> {
@@ -19,7 +19,7 @@ export default async function refreshRoutes (app: FastifyInstance): Promise<void
       security: [{ clientBasic: [] }, {}],
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: ref('RefreshRequest'),
-      response: { 200: ref('TokenResponse'), ...oauthErrors }
+      response: { 200: response('A new access token and a new refresh token (RFC 6749 §6)', ref('TokenResponse'), { headers: headers.noStore }), ...oauthErrors }
     }
   }, async (request, reply) => {
     const client = await authenticateClient(request, app.clients)

@@ -6,7 +6,7 @@ import { OAuthError } from '../errors.js'
 import { authenticateClient, rejectRepeatedParameters, spaceList } from '../oauth/client-auth.js'
 import { ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../oauth/exchange.js'
 import type { AuditSink } from '../oauth/refresh.js'
-import { oauthErrors, ref } from '../schemas/index.js'
+import { headers, oauthErrors, ref, response } from '../schemas/index.js'
 import type { IssuedToken } from '../tokens/index.js'
 
 export const TOKEN_BODY_LIMIT = 4096
@@ -127,7 +127,7 @@ export default async function tokenRoutes (app: FastifyInstance): Promise<void> 
       security: [{ clientBasic: [] }, {}],
       consumes: CONSUMES,
       body: ref('TokenRequest'),
-      response: { 200: ref('TokenResponse'), ...oauthErrors }
+      response: { 200: response('Tokens issued (RFC 6749 §5.1); `refresh_token` only for refresh clients, `issued_token_type` only for token exchange', ref('TokenResponse'), { headers: headers.noStore }), ...oauthErrors }
     }
   }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>

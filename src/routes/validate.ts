@@ -5,7 +5,7 @@ import { Type } from 'typebox'
 import { OAuthError, StoreUnavailable, TollgateError } from '../errors.js'
 import { authenticateClient, rejectRepeatedParameters, spaceList } from '../oauth/client-auth.js'
 import { headerSafe, requireAudience, requireScopes } from '../plugins/auth.js'
-import { oauthErrors, problem, ref } from '../schemas/index.js'
+import { headers, oauthErrors, problem, ref, response } from '../schemas/index.js'
 import type { Principal } from '../tokens/index.js'
 
 export const INTROSPECTION_BODY_LIMIT = 16 * 1024
@@ -38,7 +38,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
       security: [{ clientBasic: [] }, {}],
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: ref('IntrospectionRequest'),
-      response: { 200: ref('IntrospectionResponse'), ...oauthErrors }
+      response: { 200: response('The token\'s claims, or `{"active": false}` (RFC 7662 §2.2)', ref('IntrospectionResponse'), { headers: headers.noStore }), ...oauthErrors }
     }
   }, async (request, reply) => {
     if (!app.config.introspection.public) await authenticateClient(request, app.clients)
@@ -93,10 +93,22 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
         scope: Type.Optional(Type.String({ description: 'Space-separated scopes the token must carry' }))
       }, { additionalProperties: false }),
       response: {
-        200: Type.Object({ sub: Type.String(), client_id: Type.String(), scope: Type.String(), aud: Type.Array(Type.String()) }),
-        401: problem,
-        403: problem,
-        503: problem
+        200: response('Allowed: the identity is in the X-Auth-* headers and, for direct callers, the body', Type.Object({
+          sub: Type.String(),
+          client_id: Type.String(),
+          scope: Type.String({ description: 'Space-separated' }),
+          aud: Type.Array(Type.String())
+        }, { $id: 'ForwardAuthDecision' }), {
+          headers: {
+            'X-Auth-Subject': Type.String({ description: 'The token\'s `sub`' }),
+            'X-Auth-Client-Id': Type.String({ description: 'The token\'s `client_id`' }),
+            'X-Auth-Scope': Type.String({ description: 'The token\'s scopes, space-separated' }),
+            'X-Auth-Audience': Type.String({ description: 'The token\'s audiences, space-separated' })
+          }
+        }),
+        401: problem('No token, or an invalid, expired or revoked one, or one without the required audience', headers.wwwAuthenticateBearer),
+        403: problem('The token lacks a required scope (insufficient_scope), or the caller is rate-limited (rate_limited, with Retry-After)', { ...headers.wwwAuthenticateBearer, ...headers.retryAfter }),
+        503: problem('The state store is unavailable')
       }
     },
     onRequest: app.authenticate,

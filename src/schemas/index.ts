@@ -136,14 +136,46 @@ export function addSharedSchemas (app: FastifyInstance): void {
 
 export const ref = (id: string): TSchema => Type.Ref(id)
 
-/** Response entries for the errors an OAuth endpoint can answer. */
-export const oauthErrors = {
-  400: ref('OAuthError'),
-  401: ref('OAuthError'),
-  413: ref('OAuthError'),
-  415: ref('OAuthError'),
-  429: ref('OAuthError'),
-  503: ref('OAuthError')
+const header = (description: string): TSchema => Type.String({ description })
+
+/** Response headers documented once, named as the server sends them. */
+export const headers = {
+  wwwAuthenticateBasic: { 'WWW-Authenticate': header('RFC 6749 §5.2: `Basic realm="tollgate"` when client authentication failed') },
+  wwwAuthenticateBearer: { 'WWW-Authenticate': header('RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented') },
+  retryAfter: { 'Retry-After': header('Seconds to wait before retrying') },
+  noStore: { 'Cache-Control': header('`no-store`: the answer carries or describes a credential') },
+  quota: {
+    'RateLimit-Policy': header('draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota'),
+    RateLimit: header('draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota')
+  }
 }
 
-export const problem = ref('Problem')
+/**
+ * An OpenAPI response object (description, media type, headers) that Fastify also accepts as a
+ * response schema: it serializes by the reply's media type, so problem+json answers are
+ * documented under the media type they are actually sent with.
+ */
+export function response (description: string, schema: TSchema, options: { media?: string, headers?: Record<string, TSchema> } = {}): Record<string, unknown> {
+  return {
+    description,
+    content: { [options.media ?? 'application/json']: { schema } },
+    ...(options.headers !== undefined ? { headers: options.headers } : {})
+  }
+}
+
+const oauthError = (description: string, extra?: Record<string, TSchema>): Record<string, unknown> =>
+  response(description, ref('OAuthError'), extra !== undefined ? { headers: extra } : {})
+
+/** Response entries for the errors an OAuth endpoint can answer (RFC 6749 §5.2 JSON). */
+export const oauthErrors = {
+  400: oauthError('invalid_request, invalid_grant, invalid_scope, invalid_target, unauthorized_client or unsupported_grant_type'),
+  401: oauthError('invalid_client: client authentication failed', headers.wwwAuthenticateBasic),
+  413: oauthError('payload_too_large: the body is too large'),
+  415: oauthError('unsupported_media_type: the body is neither a form nor JSON'),
+  429: oauthError('rate_limited: too many requests from this address', headers.retryAfter),
+  503: oauthError('temporarily_unavailable: the state store is unavailable')
+}
+
+/** An RFC 9457 problem+json response entry. */
+export const problem = (description: string, extra?: Record<string, TSchema>): Record<string, unknown> =>
+  response(description, ref('Problem'), { media: 'application/problem+json', ...(extra !== undefined ? { headers: extra } : {}) })
