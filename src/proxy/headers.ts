@@ -9,6 +9,10 @@ const HOP_BY_HOP = new Set([
   'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'http2-settings'
 ])
 
+// Expectations are between the caller and Tollgate (Node answers `100-continue` itself, RFC 9110
+// §10.1.1); undici refuses to send the field at all, which would turn any request carrying it into a 502.
+const CALLER_ONLY = new Set(['expect'])
+
 // The caller's credentials never reach a tool; Tollgate sets its own.
 const CREDENTIALS = new Set(['authorization', 'cookie'])
 
@@ -48,7 +52,7 @@ export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, ctx: Forw
   for (const name in incoming) {
     const value = incoming[name]
     if (value === undefined) continue
-    if (HOP_BY_HOP.has(name) || CREDENTIALS.has(name) || SET_BY_GATEWAY.has(name)) continue
+    if (HOP_BY_HOP.has(name) || CREDENTIALS.has(name) || SET_BY_GATEWAY.has(name) || CALLER_ONLY.has(name)) continue
     if (name.startsWith('proxy-') || name.startsWith('x-forwarded-') || name.startsWith('x-auth-')) continue
     if (listed?.has(name) === true) continue
     if (ctx.websocket === true && name.startsWith('sec-websocket-')) continue
