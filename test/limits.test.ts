@@ -6,7 +6,7 @@ import { FORM, basic, build, form, issue, testConfig } from './helper.js'
 
 t.test('per-route body limits: /token and /validate are capped at a few KiB', async t => {
   const app = await build(t)
-  const token = await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent'), ...FORM }, payload: form({ grant_type: 'client_credentials', pad: 'x'.repeat(4200) }) })
+  const token = await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent'), ...FORM }, payload: form({ grant_type: 'client_credentials', pad: 'x'.repeat(10_500) }) })
   t.equal(token.statusCode, 413)
   t.same(token.json(), { error: 'payload_too_large', error_description: 'request body too large' })
   const introspect = await app.inject({ method: 'POST', url: '/validate', headers: { authorization: basic('agent'), ...FORM }, payload: form({ token: 'x'.repeat(17 * 1024) }) })

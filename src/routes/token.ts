@@ -9,7 +9,8 @@ import type { AuditSink } from '../oauth/refresh.js'
 import { headers, oauthErrors, ref, response } from '../schemas/index.js'
 import type { IssuedToken } from '../tokens/index.js'
 
-export const TOKEN_BODY_LIMIT = 4096
+// A few KiB: room for a subject token at the 8 KiB token cap plus the other form fields, no more.
+export const TOKEN_BODY_LIMIT = 10 * 1024
 const CONSUMES = ['application/x-www-form-urlencoded', 'application/json']
 
 export interface GrantResult {
