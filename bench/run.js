@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    'profile-call': { type: 'boolean', default: false },
     subjects: { type: 'string', default: '100000' }
   }
 })
@@ -343,10 +344,13 @@ async function profileValidate (ctx) {
   const dir = mkdtempSync(join(RESULTS, 'cpuprof-'))
   const tollgate = await startTollgate(ctx.upstream.url, ctx.issuer.url, { profileDir: dir })
   const token = await issueToken(tollgate.url)
-  const result = await cannon({ url: tollgate.url, requests: [{ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } }], duration: Math.max(DURATION, 10) })
+  const request = args['profile-call']
+    ? { method: 'POST', path: '/call', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: CALL_BODY }
+    : { method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } }
+  const result = await cannon({ url: tollgate.url, requests: [request], duration: Math.max(DURATION, 10) })
   await tollgate.stop()
   const file = readdirSync(dir).find(f => f.endsWith('.cpuprofile'))
-  console.log(`GET /validate under --cpu-prof: ${num(result.requests.average)} req/s; profile: ${join(dir, file ?? '(none written)')}`)
+  console.log(`${request.method} ${request.path} under --cpu-prof: ${num(result.requests.average)} req/s; profile: ${join(dir, file ?? '(none written)')}`)
   console.log(`summarise it with: node bench/profile-summary.js ${join(dir, file ?? '')}`)
 }
 
@@ -356,7 +360,7 @@ async function main () {
   const [bare, stockProxy] = await Promise.all([startHelper('bare'), startHelper('stock-proxy', [upstream.url])])
   const ctx = { upstream, bare, stockProxy, issuer: await startIssuer() }
 
-  if (args.profile) {
+  if (args.profile || args['profile-call']) {
     await profileValidate(ctx)
     return
   }
