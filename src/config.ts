@@ -293,15 +293,7 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
     const key = `tools.${i}`
     if (names.has(tool.name)) throw new ConfigError(`${key}.name`, `duplicate tool name ${tool.name}`)
     names.add(tool.name)
-    let url: URL
-    try {
-      url = new URL(tool.url)
-    } catch {
-      throw new ConfigError(`${key}.url`, 'must be an absolute http(s) URL')
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${key}.url`, 'must be http or https')
-    if (url.username !== '' || url.password !== '') throw new ConfigError(`${key}.url`, 'must not carry credentials')
-    if (url.search !== '' || url.hash !== '') throw new ConfigError(`${key}.url`, 'must not carry a query or fragment')
+    parseToolUrl(tool.url, `${key}.url`)
     const auth = tool.auth
     if (typeof auth === 'object') {
       const value = env[auth.valueEnv]
@@ -310,6 +302,20 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
       auth.value = value
     }
   })
+}
+
+/** A tool's base URL: absolute http(s), no credentials, no query or fragment. */
+export function parseToolUrl (value: string, key: string): URL {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new ConfigError(key, 'must be an absolute http(s) URL')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(key, 'must be http or https')
+  if (url.username !== '' || url.password !== '') throw new ConfigError(key, 'must not carry credentials')
+  if (url.search !== '' || url.hash !== '') throw new ConfigError(key, 'must not carry a query or fragment')
+  return url
 }
 
 export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'client_id', 'scope', 'quota', 'act', 'fid', 'cnf', 'may_act'])

@@ -1,14 +1,13 @@
 // /call: the pipeline's checks in the contract's order, what the upstream receives, upstream
 // failures, streaming, rate limits and the audit line. Real upstream servers on free ports.
 import { request as httpRequest } from 'node:http'
-import { createServer } from 'node:net'
-import type { AddressInfo } from 'node:net'
 import { Readable, Writable } from 'node:stream'
 import { createRemoteJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { client, issue } from './helper.js'
 import { rawRequest, startApp, startUpstream } from './call-helper.js'
+import { freePort } from './support/redis.js'
 
 const CALL = { 'content-type': 'application/json' }
 
@@ -16,13 +15,6 @@ function post (token: string | undefined, body: unknown): { method: 'POST', url:
   return { method: 'POST', url: '/call', headers: { ...CALL, ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) }, payload: JSON.stringify(body) }
 }
 
-async function freePort (): Promise<number> {
-  const s = createServer()
-  await new Promise<void>(resolve => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise(resolve => s.close(resolve))
-  return port
-}
 
 t.test('POST /call sends the exact body with a downstream token and clean headers', async t => {
   const up = await startUpstream(t)

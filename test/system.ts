@@ -3,10 +3,11 @@
 // ports, a listening app, and a small real upstream. No sleeps: readiness is a successful connect.
 import { accessSync, constants } from 'node:fs'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
-import { connect, createServer as createNetServer, type AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../src/config.js'
 import { build, type TestContext } from './helper.js'
+import { freePort } from './support/redis.js'
 
 /** True when running in CI, where a missing system dependency is a failure, not a skip. */
 export const IN_CI = process.env.CI === 'true' || process.env.CI === '1'
@@ -34,16 +35,7 @@ export function requireExecutable (t: Skippable, path: string, hint: string): st
 }
 
 /** A port that was free a moment ago (for programs that cannot listen on port 0 and report it). */
-export async function freePort (): Promise<number> {
-  const server = createNetServer()
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', resolve)
-  })
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>(resolve => server.close(() => { resolve() }))
-  return port
-}
+export { freePort }
 
 /** Resolves once something accepts TCP connections on the port; gives up after `attempts` tries. */
 export async function waitForPort (port: number, isAlive: () => boolean = () => true, attempts = 400): Promise<void> {

@@ -2,7 +2,7 @@
 // for the hot path. Owns each tool's parsed base URL, path prefix and credential mode; never
 // talks to a tool, never decides who may call one.
 import type { ToolConfig } from '../config.js'
-import { ConfigError } from '../config.js'
+import { ConfigError, parseToolUrl } from '../config.js'
 import { ToolNotFound } from '../errors.js'
 
 export type ToolAuth =
@@ -58,15 +58,7 @@ export class ToolRegistry {
 // config.ts has already checked the scheme, credentials and query; these asserts keep the
 // registry safe when it is built from anything else (tests, embedding).
 function toTool (c: ToolConfig, key: string): Tool {
-  let url: URL
-  try {
-    url = new URL(c.url)
-  } catch {
-    throw new ConfigError(`${key}.url`, 'must be an absolute http(s) URL')
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${key}.url`, 'must be http or https')
-  if (url.username !== '' || url.password !== '') throw new ConfigError(`${key}.url`, 'must not carry credentials')
-  if (url.search !== '' || url.hash !== '') throw new ConfigError(`${key}.url`, 'must not carry a query or fragment')
+  const url = parseToolUrl(c.url, `${key}.url`)
   let auth: ToolAuth
   if (c.auth === undefined || c.auth === 'token') auth = { kind: 'token' }
   else if (c.auth === 'none') auth = { kind: 'none' }

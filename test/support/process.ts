@@ -2,22 +2,14 @@
 // /health. The test suite builds dist/ first (npm test runs the build).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import type { TestContext } from '../helper.js'
 
 export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
 
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
+import { freePort } from './redis.js'
+
+export { freePort }
 
 export interface Gateway {
   port: number
