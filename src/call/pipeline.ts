@@ -1,4 +1,4 @@
-// The /call pipeline (ARCHITECTURE.md): authenticate → authorize → limit → meter → relay → proxy
+// The /call pipeline: authenticate → authorize → limit → meter → relay → proxy
 // → settle. Each stage is a small function that throws a typed error when it says no; the routes
 // (routes/call.ts) wire them into Fastify hooks in exactly the contract's order (CONTRACT §5):
 // 401 token, 404 tool, 401 audience, 403 scope, 429 rate (IP, then subject), 429 quota.
