@@ -1,12 +1,12 @@
 // buildApp(config): registers the plugins and routes in an explicit order. The order is part of
 // the security design (errors and request ids first, then state, then limits and auth, then
 // routes), which is why nothing is autoloaded.
-import { randomUUID } from 'node:crypto'
 import formbody from '@fastify/formbody'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
+import { createHttpServer, requestId, type Lane } from './http.js'
 import authPlugin from './plugins/auth.js'
 import corePlugin, { type CoreOptions } from './plugins/core.js'
 import errorsPlugin from './plugins/errors.js'
@@ -15,6 +15,7 @@ import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
+import { forwardAuthLane } from './routes/forward-auth-lane.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 import quotaRoutes from './routes/quota.js'
@@ -28,9 +29,9 @@ export interface BuildOptions extends Omit<CoreOptions, 'config'> {
   /** Fastify logger option; defaults to JSON logs at the configured level with redaction. */
   logger?: FastifyServerOptions['logger']
   loggerInstance?: FastifyServerOptions['loggerInstance']
+  /** The forward-auth lane ahead of Fastify's router (src/http.ts); on unless false. */
+  lanes?: boolean
 }
-
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** Paths that must never reach a log line (RFC 6750 tokens, client secrets, key material). */
 export const REDACT_PATHS = [
@@ -83,25 +84,30 @@ class LazyLogger {
 }
 
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
-  const fastifyOptions: FastifyServerOptions & { http?: object } = {
+  const lanes: Lane[] = []
+  const http = {
+    headersTimeout: config.server.headersTimeout * 1000,
+    requestTimeout: config.server.requestTimeout * 1000,
+    // Node checks header and request deadlines every connectionsCheckingInterval (30 s by
+    // default): tighten it so a slow-headers client is cut off close to headersTimeout.
+    connectionsCheckingInterval: Math.min(1000, config.server.headersTimeout * 1000),
+    maxHeaderSize: 16 * 1024
+  }
+  const fastifyOptions: FastifyServerOptions = {
     trustProxy: config.server.trustProxy as any,
     bodyLimit: config.server.bodyLimit,
     requestTimeout: config.server.requestTimeout * 1000,
     keepAliveTimeout: config.server.keepAliveTimeout * 1000,
     connectionTimeout: config.server.requestTimeout * 1000,
     requestIdHeader: false,
-    genReqId: (req) => {
-      const incoming = req.headers['x-request-id']
-      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
-    },
-    // Node checks header and request deadlines every connectionsCheckingInterval (30 s by default):
-    // tighten it so a slow-headers client is cut off close to headersTimeout.
-    http: {
-      headersTimeout: config.server.headersTimeout * 1000,
+    genReqId: requestId,
+    // The server Fastify would build, with the lanes in front of its handler.
+    serverFactory: (handler) => createHttpServer(handler, {
+      http,
+      keepAliveTimeout: config.server.keepAliveTimeout * 1000,
       requestTimeout: config.server.requestTimeout * 1000,
-      connectionsCheckingInterval: Math.min(1000, config.server.headersTimeout * 1000),
-      maxHeaderSize: 16 * 1024
-    },
+      connectionTimeout: config.server.requestTimeout * 1000
+    }, lanes),
     routerOptions: { maxParamLength: 2048 },
     // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }
@@ -171,6 +177,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(callRoutes)
   await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  if (options.lanes !== false) {
+    const lane = forwardAuthLane(app)
+    lanes.push(lane)
+    app.decorate('forwardAuthLane', lane)
+  }
 
   return app
 }

@@ -13,8 +13,24 @@ export type Limiter = (request: FastifyRequest) => Promise<void>
 
 declare module 'fastify' {
   interface FastifyInstance {
-    limiters: { token: Limiter, perIp: Limiter, perSubject: Limiter }
+    limiters: {
+      token: Limiter
+      perIp: Limiter
+      perSubject: Limiter
+      /**
+       * Counts one request against the per-IP and per-subject limits without a promise, when the
+       * store keeps its counters in this process and both limits have room: true when counted.
+       * Otherwise (a shared store, a limit reached, a store error) nothing is counted, it is false,
+       * and the caller goes through perIp and perSubject, which count, refuse and say why.
+       */
+      takeSync: (ip: string, sub: string) => boolean
+    }
   }
+}
+
+/** The Store key of a limiter's counter; the adapter's prefix and the synchronous path agree on it. */
+function counterKey (namespace: string, key: string): string {
+  return `rl:${namespace}:${key}`
 }
 
 type IncrCallback = (err: Error | null, res?: { current: number, ttl: number }) => void
@@ -22,10 +38,10 @@ type IncrCallback = (err: Error | null, res?: { current: number, ttl: number }) 
 /** A @fastify/rate-limit store class over Store.incrementCounter, namespaced per limiter. */
 function storeAdapter (store: Store, clock: () => number): FastifyRateLimitStoreCtor {
   return class StoreRateLimitStore {
-    constructor (_options: unknown, readonly prefix = 'rl') {}
+    constructor (_options: unknown, readonly namespace = 'route') {}
 
     incr (key: string, cb: IncrCallback, timeWindow: number): void {
-      store.incrementCounter(`${this.prefix}:${key}`, timeWindow, clock()).then(
+      store.incrementCounter(counterKey(this.namespace, key), timeWindow, clock()).then(
         r => { cb(null, { current: r.count, ttl: r.ttl }) },
         err => { cb(new StoreUnavailable({ cause: err })) }
       )
@@ -33,7 +49,7 @@ function storeAdapter (store: Store, clock: () => number): FastifyRateLimitStore
 
     child (routeOptions: object): StoreRateLimitStore {
       const named = routeOptions as { nameSpace?: string, groupId?: string }
-      return new StoreRateLimitStore(routeOptions, `rl:${named.nameSpace ?? named.groupId ?? 'route'}`)
+      return new StoreRateLimitStore(routeOptions, named.nameSpace ?? named.groupId ?? 'route')
     }
   }
 }
@@ -59,9 +75,28 @@ export default fp(async function rateLimits (app: FastifyInstance) {
       }
     }
   }
+  const { store, clock } = app
+  const ipWindow = limits.perIp.window * 1000
+  const subjectWindow = limits.perSubject.window * 1000
+  const takeSync = (ip: string, sub: string): boolean => {
+    if (store.peekCounterSync === undefined || store.incrementCounterSync === undefined) return false
+    const ipKey = counterKey('ip', ip)
+    const subjectKey = counterKey('subject', sub)
+    const now = clock()
+    try {
+      if (store.peekCounterSync(ipKey, ipWindow, now) >= limits.perIp.max) return false
+      if (store.peekCounterSync(subjectKey, subjectWindow, now) >= limits.perSubject.max) return false
+      store.incrementCounterSync(ipKey, ipWindow, now)
+      store.incrementCounterSync(subjectKey, subjectWindow, now)
+      return true
+    } catch {
+      return false
+    }
+  }
   app.decorate('limiters', {
     token: make('token', limits.token, r => r.ip),
     perIp: make('ip', limits.perIp, r => r.ip),
-    perSubject: make('subject', limits.perSubject, r => r.principal?.sub ?? `ip:${r.ip}`)
+    perSubject: make('subject', limits.perSubject, r => r.principal?.sub ?? `ip:${r.ip}`),
+    takeSync
   })
 }, { name: 'tollgate-rate-limits', dependencies: ['tollgate-core', 'tollgate-metrics'] })

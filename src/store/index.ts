@@ -107,6 +107,14 @@ export interface Store {
 
   // ---- rate-limit counters (fixed windows)
   incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult>
+  /**
+   * Optional, for stores that keep counters in this process: the count a window holds now (no
+   * increment), and the increment itself, both synchronous. The forward-auth lane uses them to
+   * decide a request without a promise; a store without them is always asked through
+   * incrementCounter.
+   */
+  peekCounterSync?: (key: string, windowMs: number, now: number) => number
+  incrementCounterSync?: (key: string, windowMs: number, now: number) => CounterResult
 
   // ---- housekeeping
   /** Deletes up to `limit` expired records of each kind; returns how many went. */

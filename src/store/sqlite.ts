@@ -240,6 +240,23 @@ export class SqliteStore implements Store {
   // them, a kill -9 loses at most that last interval. The window's persisted count is read once,
   // when a key is first seen in a window.
   async incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult> {
+    return this.incrementCounterSync(key, windowMs, now)
+  }
+
+  incrementCounterSync (key: string, windowMs: number, now: number): CounterResult {
+    const counter = this.#counter(key, windowMs, now)
+    counter.count++
+    counter.pending++
+    this.#flushTimer ??= setTimeout(() => { this.#flushCounters(Date.now()) }, COUNTER_FLUSH_MS).unref()
+    return { count: counter.count, ttl: counter.windowStart + windowMs - now }
+  }
+
+  peekCounterSync (key: string, windowMs: number, now: number): number {
+    return this.#counter(key, windowMs, now).count
+  }
+
+  /** The in-memory counter of `key` for the window holding `now`, read from the file when new. */
+  #counter (key: string, windowMs: number, now: number): { windowStart: number, expiresAt: number, count: number, pending: number } {
     const windowStart = Math.floor(now / windowMs) * windowMs
     let counter = this.#counters.get(key)
     if (counter === undefined || counter.windowStart !== windowStart) {
@@ -250,10 +267,7 @@ export class SqliteStore implements Store {
       if (this.#counters.size >= MAX_COUNTERS) this.#flushCounters(now)
       this.#counters.set(key, counter)
     }
-    counter.count++
-    counter.pending++
-    this.#flushTimer ??= setTimeout(() => { this.#flushCounters(Date.now()) }, COUNTER_FLUSH_MS).unref()
-    return { count: counter.count, ttl: windowStart + windowMs - now }
+    return counter
   }
 
   /** Writes pending increments; with `now`, also forgets counters whose window has ended. */

@@ -151,6 +151,20 @@ export class Tokens {
     return principal
   }
 
+  /**
+   * The principal of a token verified before, when every rule `verify` applies to a cache hit
+   * still holds (revocation list fresh, key still published, not expired, not revoked); otherwise
+   * undefined, and the caller takes the full path through `verify`, which says why. Never throws.
+   */
+  peek (token: string): Principal | undefined {
+    const hit = this.#cache.get(token)
+    if (hit === undefined || this.revocations.stale()) return undefined
+    const claims = hit.principal.claims
+    if (this.#opts.keys.verificationKey(hit.kid) === undefined) return undefined
+    if (claims.exp <= this.#clock() / 1000 - this.#opts.leeway || this.revocations.denies(claims)) return undefined
+    return hit.principal
+  }
+
   /** Time and revocation rules, checked on every use, cached or not. */
   #checkLive (claims: AccessClaims, nowMs: number): void {
     const now = nowMs / 1000
@@ -285,7 +299,12 @@ export class RevocationList {
   }
 
   assertFresh (): void {
-    if (this.#failing && this.#timer !== undefined && performance.now() - this.#lastSync > this.maxStalenessMs) throw new StoreUnavailable()
+    if (this.stale()) throw new StoreUnavailable()
+  }
+
+  /** True while syncs have failed for longer than the allowed staleness. */
+  stale (): boolean {
+    return this.#failing && this.#timer !== undefined && performance.now() - this.#lastSync > this.maxStalenessMs
   }
 
   async add (entry: { kind: 'jti' | 'family', id: string, expiresAt: number }): Promise<void> {

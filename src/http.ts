@@ -1,0 +1,60 @@
+// The HTTP server under Fastify, and what is decided about a raw request before routing: its
+// request id, its client address, and the lanes. A lane is a precompiled answer for one hot,
+// narrow case (GET /validate with a token verified before): it answers from the raw request in
+// one synchronous step, or declines without writing anything and the request goes through Fastify
+// as usual. Every refusal, every error and every case a lane does not recognise is Fastify's.
+import { randomUUID } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http'
+import proxyAddr from '@fastify/proxy-addr'
+
+/** Answers the request and returns true, or returns false having written nothing. */
+export type Lane = (req: IncomingMessage, res: ServerResponse) => boolean
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+/** The caller's X-Request-Id when it is a plain token of up to 128 characters, else a new UUID. */
+export function requestId (req: IncomingMessage): string {
+  const incoming = req.headers['x-request-id']
+  return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
+}
+
+export type TrustProxy = boolean | string | string[] | number
+
+/**
+ * `request.ip` as Fastify computes it for the same trustProxy setting (fastify/lib/request.js):
+ * the peer address, or with trusted proxies the last untrusted hop of X-Forwarded-For. A hop count
+ * trusts nobody, as in Fastify (a count cannot check the immediate peer).
+ */
+export function clientAddress (trustProxy: TrustProxy): (req: IncomingMessage) => string | undefined {
+  if (trustProxy === false) return req => req.socket.remoteAddress
+  let trust: (addr: string, i: number) => boolean
+  if (trustProxy === true) trust = () => true
+  else if (typeof trustProxy === 'number') trust = () => false
+  else trust = proxyAddr.compile(typeof trustProxy === 'string' ? trustProxy.split(',').map(s => s.trim()) : trustProxy)
+  return req => {
+    const all = proxyAddr.all(req, trust)
+    return all[all.length - 1]
+  }
+}
+
+export interface HttpServerOptions {
+  http: ServerOptions
+  keepAliveTimeout: number
+  requestTimeout: number
+  connectionTimeout: number
+}
+
+/**
+ * The node:http server Fastify would create for these options (fastify/lib/server.js), with the
+ * lanes tried before Fastify's handler.
+ */
+export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, options: HttpServerOptions, lanes: readonly Lane[]): Server {
+  const server = createServer(options.http, (req, res) => {
+    for (let i = 0; i < lanes.length; i++) if ((lanes[i] as Lane)(req, res)) return
+    handler(req, res)
+  })
+  server.keepAliveTimeout = options.keepAliveTimeout
+  server.requestTimeout = options.requestTimeout
+  server.setTimeout(options.connectionTimeout)
+  return server
+}
