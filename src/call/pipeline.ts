@@ -5,7 +5,7 @@
 // Owns the per-request call state and the quota charge's life; never parses bodies or paths.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { QuotaExceeded, StoreUnavailable, TollgateError } from '../errors.js'
-import { headerSafe, requireAudience, requireScopes } from '../plugins/auth.js'
+import { bearerToken, headerSafe, requireAudience, requireScopes } from '../plugins/auth.js'
 import type { DownstreamTokens } from '../proxy/downstream-token.js'
 import { upstreamRequestHeaders } from '../proxy/headers.js'
 import { quotaHeaders, type Charge } from '../quota/index.js'
@@ -28,12 +28,12 @@ declare module 'fastify' {
 }
 
 export interface Pipeline {
-  /** 401: the bearer token (Authorization, or for a WebSocket handshake the `bearer.` subprotocol). */
-  authenticate: (request: FastifyRequest) => Promise<void>
+  /** 401: the bearer token (Authorization, or for a WebSocket handshake the `bearer.` subprotocol). An onRequest hook. */
+  authenticate: (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
   /** 404, 401 audience, 403 scope. `name` comes from the path or the JSON body. */
   authorize: (request: FastifyRequest, name: unknown) => Tool
-  /** 429 rate_limited: per IP, then per subject. */
-  limit: (request: FastifyRequest) => Promise<void>
+  /** 429 rate_limited: per IP, then per subject. Nothing to wait for when the store counts in this process. */
+  limit: (request: FastifyRequest) => Promise<void> | undefined
   /** 429 quota_exceeded; sets the RateLimit headers on the answer. */
   meter: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   /** The upstream request headers (hygiene + downstream credential). */
@@ -52,15 +52,16 @@ export interface PipelineDeps {
 export function createPipeline (app: FastifyInstance, deps: PipelineDeps): Pipeline {
   const { tools, downstream } = deps
 
-  const authenticate = async (request: FastifyRequest): Promise<void> => {
-    if (request.headers.authorization === undefined) {
-      const token = deps.subprotocolToken(request)
-      if (token !== undefined) {
-        request.principal = app.tokens.verify(token)
-        return
-      }
+  // Callback style: verification is synchronous, and an async hook costs a promise per call.
+  const authenticate = (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void => {
+    try {
+      const token = request.headers.authorization === undefined ? deps.subprotocolToken(request) : undefined
+      request.principal = app.tokens.verify(token ?? bearerToken(request))
+    } catch (err) {
+      done(err as Error)
+      return
     }
-    await app.authenticate(request)
+    done()
   }
 
   const authorize = (request: FastifyRequest, name: unknown): Tool => {
@@ -72,9 +73,14 @@ export function createPipeline (app: FastifyInstance, deps: PipelineDeps): Pipel
     return tool
   }
 
-  const limit = async (request: FastifyRequest): Promise<void> => {
+  const limitAsync = async (request: FastifyRequest): Promise<void> => {
     await app.limiters.perIp(request)
     await app.limiters.perSubject(request)
+  }
+  const limit = (request: FastifyRequest): Promise<void> | undefined => {
+    // Counted at once when both limits have room; otherwise the limiters count, refuse and say why.
+    if (app.limiters.takeSync(request.ip, (request.principal as Principal).sub)) return undefined
+    return limitAsync(request)
   }
 
   const meter = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {

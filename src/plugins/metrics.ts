@@ -16,8 +16,42 @@ export class Metrics {
   readonly upstreamDuration = new Histogram({ name: 'tollgate_upstream_duration_seconds', help: 'Upstream response time (to headers), by tool.', labelNames: ['tool'] as const, buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [this.registry] })
   readonly requestDuration = new Histogram({ name: 'tollgate_http_request_duration_seconds', help: 'HTTP request duration, by method, route and status code.', labelNames: ['method', 'route', 'status_code'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] })
 
+  // Label sets seen on the hot paths, bound once: prom-client hashes a label object on every call.
+  readonly #durations = new Map<string, { observe: (v: number) => void }>()
+  readonly #calls = new Map<string, { inc: () => void }>()
+  readonly #upstream = new Map<string, { observe: (v: number) => void }>()
+
   constructor () {
     collectDefaultMetrics({ register: this.registry, prefix: 'tollgate_' })
+  }
+
+  observeRequest (method: string, route: string, statusCode: number, seconds: number): void {
+    const key = `${method} ${statusCode} ${route}`
+    let child = this.#durations.get(key)
+    if (child === undefined) {
+      child = this.requestDuration.labels({ method, route, status_code: String(statusCode) })
+      this.#durations.set(key, child)
+    }
+    child.observe(seconds)
+  }
+
+  countCall (tool: string, statusCode: number): void {
+    const key = `${statusCode} ${tool}`
+    let child = this.#calls.get(key)
+    if (child === undefined) {
+      child = this.calls.labels({ tool, status: String(statusCode) })
+      this.#calls.set(key, child)
+    }
+    child.inc()
+  }
+
+  observeUpstream (tool: string, seconds: number): void {
+    let child = this.#upstream.get(tool)
+    if (child === undefined) {
+      child = this.upstreamDuration.labels({ tool })
+      this.#upstream.set(tool, child)
+    }
+    child.observe(seconds)
   }
 }
 
@@ -29,11 +63,7 @@ export default fp(async function metricsPlugin (app) {
   const metrics = new Metrics()
   app.decorate('metrics', metrics)
   app.addHook('onResponse', (request, reply, done) => {
-    metrics.requestDuration.observe({
-      method: request.method,
-      route: request.routeOptions.url ?? 'unmatched',
-      status_code: String(reply.statusCode)
-    }, reply.elapsedTime / 1000)
+    metrics.observeRequest(request.method, request.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000)
     done()
   })
 }, { name: 'tollgate-metrics' })

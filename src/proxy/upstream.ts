@@ -1,6 +1,7 @@
 // Upstream requests: one kept-alive undici Pool per tool origin, with connect, headers and body
 // timeouts, TLS verification on and no retries. Translates undici's failures into the typed
 // 502/504 errors where they are caught. Never decides who may call, never touches headers.
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import { Pool, type Dispatcher } from 'undici'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
@@ -48,23 +49,31 @@ export class Upstreams {
   }
 
   /**
-   * Sends one request and resolves at the upstream's response headers; the body streams on.
-   * The tool's timeout bounds the wait for headers and each gap in the response body.
-   * Never retried: a failure is the caller's answer (502 or 504).
+   * Sends one request and resolves at the upstream's response headers with an UpstreamAnswer,
+   * whose body is then relayed to the caller's response by `relayTo`: no stream objects in
+   * between, backpressure through undici's pause and resume. The tool's timeout bounds the wait for
+   * headers and each gap in the body. Never retried: a failure before the headers rejects with the
+   * caller's answer (502 or 504).
    */
-  async request (tool: Tool, req: UpstreamRequest): Promise<Dispatcher.ResponseData> {
+  async send (tool: Tool, req: UpstreamRequest): Promise<UpstreamAnswer> {
+    let pool: Pool
     try {
-      return await this.pool(tool.origin).request({
+      pool = this.pool(tool.origin)
+    } catch (err) {
+      throw translate(err)
+    }
+    return await new Promise<UpstreamAnswer>((resolve, reject) => {
+      const answer = new UpstreamAnswer(resolve, reject)
+      pool.dispatch({
+        origin: tool.origin,
         method: req.method,
         path: req.path,
         headers: req.headers,
         body: req.body ?? null,
         headersTimeout: tool.timeoutMs,
         bodyTimeout: tool.timeoutMs
-      })
-    } catch (err) {
-      throw translate(err)
-    }
+      }, answer)
+    })
   }
 
   async close (): Promise<void> {
@@ -72,6 +81,92 @@ export class Upstreams {
     const pools = [...this.#pools.values()]
     this.#pools.clear()
     await Promise.all(pools.map(async p => { await p.destroy() }))
+  }
+}
+
+/**
+ * One upstream answer, as an undici dispatch handler: its status and headers resolve `send`; its
+ * body chunks wait (at most what arrives in the same tick) until `relayTo` names the caller's
+ * response, then go straight to it. A body that breaks off destroys the caller's response and is
+ * reported to `onBodyError`; the caller going away aborts the upstream request.
+ */
+export class UpstreamAnswer implements Dispatcher.DispatchHandler {
+  statusCode = 0
+  headers: Record<string, string | string[] | undefined> = {}
+  #controller: Dispatcher.DispatchController | undefined
+  #res: ServerResponse | undefined
+  #pending: Buffer[] = []
+  #ended = false
+  #started = false
+  #failure: Error | undefined
+  #callerGone = false
+  #onBodyError: ((err: Error) => void) | undefined
+
+  constructor (readonly resolve: (answer: UpstreamAnswer) => void, readonly reject: (err: TollgateError) => void) {}
+
+  onRequestStart (controller: Dispatcher.DispatchController): void {
+    this.#controller = controller
+  }
+
+  onResponseStart (_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+    this.statusCode = statusCode
+    this.headers = headers
+    this.#started = true
+    this.resolve(this)
+  }
+
+  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    const res = this.#res
+    if (res === undefined) {
+      // Not relayed yet: hold this chunk and wait for relayTo.
+      this.#pending.push(chunk)
+      controller.pause()
+      return
+    }
+    if (!res.write(chunk)) {
+      controller.pause()
+      res.once('drain', () => { controller.resume() })
+    }
+  }
+
+  onResponseEnd (): void {
+    this.#ended = true
+    this.#res?.end()
+  }
+
+  onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
+    if (!this.#started) {
+      this.reject(translate(err))
+      return
+    }
+    this.#failure = err
+    if (this.#res !== undefined) this.#fail(this.#res, err)
+  }
+
+  /**
+   * Writes the status and `headers` to the caller's response and relays the body into it.
+   * `onBodyError` hears of a body that breaks off (not of the caller going away).
+   */
+  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void): void {
+    this.#res = res
+    this.#onBodyError = onBodyError
+    res.once('close', () => {
+      if (this.#ended || this.#failure !== undefined) return
+      this.#callerGone = true
+      this.#controller?.abort(new Error('the caller went away'))
+    })
+    res.writeHead(this.statusCode, headers)
+    const pending = this.#pending
+    this.#pending = []
+    for (const chunk of pending) res.write(chunk)
+    if (this.#failure !== undefined) this.#fail(res, this.#failure)
+    else if (this.#ended) res.end()
+    else if (this.#controller?.paused === true) this.#controller.resume()
+  }
+
+  #fail (res: ServerResponse, err: Error): void {
+    if (!this.#callerGone) this.#onBodyError?.(err)
+    res.destroy(err)
   }
 }
 

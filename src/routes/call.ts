@@ -16,6 +16,7 @@ import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.
 import { headers, problem, response } from '../schemas/index.js'
 import type { Principal } from '../tokens/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
+import type { OutgoingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 
 declare module 'fastify' {
@@ -84,38 +85,41 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     // Rate-limit refusals are counted by the limiters; upstream failures are not refusals.
     if (reason !== 'rate_limited' && !reason.startsWith('upstream_')) metrics.rejections.inc({ reason })
   })
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     const call = request.call
-    if (call !== undefined) metrics.calls.inc({ tool: call.tool.name, status: String(reply.statusCode) })
+    if (call !== undefined) metrics.countCall(call.tool.name, reply.statusCode)
+    done()
   })
 
-  /** proxy → settle: one upstream request, refunded when it fails; the body streams to the caller. */
+  /**
+   * proxy → settle: one upstream request, refunded when it fails. At the upstream's headers the
+   * reply is taken over from Fastify (hooks still run on finish) and the body goes straight from
+   * undici to the caller's socket.
+   */
   async function forward (request: FastifyRequest, reply: FastifyReply, tool: Tool, req: UpstreamRequest): Promise<FastifyReply> {
     const started = process.hrtime.bigint()
-    let res
+    let answer
     try {
-      res = await upstreams.request(tool, req)
+      answer = await upstreams.send(tool, req)
     } catch (err) {
       const e = translate(err)
       if (e instanceof UpstreamUnavailable || e instanceof UpstreamTimeout) await pipeline.settle(request, reply, true)
       throw e
     }
-    metrics.upstreamDuration.observe({ tool: tool.name }, Number(process.hrtime.bigint() - started) / 1e9)
-    if (res.statusCode >= 500) await pipeline.settle(request, reply, true)
+    metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - started) / 1e9)
+    if (answer.statusCode >= 500) await pipeline.settle(request, reply, true)
+    // The tool's headers without hop-by-hop fields; Tollgate's own (request id, quota) win over
+    // anything the tool sent under the same names, and the tool's quota fields never pass alone.
+    const headers: OutgoingHttpHeaders = callerResponseHeaders(answer.headers)
+    delete headers.ratelimit
+    delete headers['ratelimit-policy']
+    Object.assign(headers, reply.getHeaders())
+    headers['x-request-id'] = request.id
+    reply.hijack()
     // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
-    // away (undici's UND_ERR_ABORTED when the stream is destroyed) is not.
-    res.body.on('error', (err: Error & { code?: string }) => {
-      if (err.code !== 'UND_ERR_ABORTED') pipeline.settle(request, undefined, true).catch(() => {})
-    })
-    const quota = reply.getHeader('ratelimit')
-    const policy = reply.getHeader('ratelimit-policy')
-    reply.code(res.statusCode)
-    reply.headers(callerResponseHeaders(res.headers))
-    // Tollgate's own fields win over anything the tool sent under the same names.
-    reply.header('x-request-id', request.id)
-    if (quota !== undefined && policy !== undefined) reply.header('ratelimit', quota).header('ratelimit-policy', policy)
-    else { reply.removeHeader('ratelimit'); reply.removeHeader('ratelimit-policy') }
-    return reply.send(res.body)
+    // away is not.
+    answer.relayTo(reply.raw, headers, () => { pipeline.settle(request, undefined, true).catch(() => {}) })
+    return reply
   }
 
   // ---- POST /call: the JSON body goes to the tool's url as the exact bytes received.
@@ -137,11 +141,13 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         response: { 200: toolAnswer, ...errorResponses }
       },
       onRequest: pipeline.authenticate,
-      preHandler: [
-        async (request) => { pipeline.authorize(request, (request.body as { tool: string }).tool) },
-        pipeline.limit,
-        pipeline.meter
-      ]
+      // One hook for the pipeline's checks, in its order: a hook per stage costs a promise and a
+      // dispatch on every call.
+      preHandler: async (request, reply) => {
+        pipeline.authorize(request, (request.body as { tool: string }).tool)
+        await pipeline.limit(request)
+        await pipeline.meter(request, reply)
+      }
     }, async (request, reply) => {
       const tool = request.call?.tool as Tool
       return await forward(request, reply, tool, {
@@ -159,16 +165,14 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
-    const preHandler = [
-      async (request: FastifyRequest) => {
-        const tool = pipeline.authorize(request, (request.params as { tool: string }).tool)
-        if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
-        const { rest, search } = splitCallUrl(request.raw.url ?? '')
-        request.upstreamPath = upstreamPath(tool, rest, search)
-      },
-      pipeline.limit,
-      pipeline.meter
-    ]
+    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      const tool = pipeline.authorize(request, (request.params as { tool: string }).tool)
+      if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
+      const { rest, search } = splitCallUrl(request.raw.url ?? '')
+      request.upstreamPath = upstreamPath(tool, rest, search)
+      await pipeline.limit(request)
+      await pipeline.meter(request, reply)
+    }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const tool = request.call?.tool as Tool
       const path = request.upstreamPath as string
@@ -179,7 +183,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
           await pipeline.settle(request, reply, true)
           throw err
         }
-        metrics.calls.inc({ tool: tool.name, status: '101' })
+        metrics.countCall(tool.name, 101)
         return undefined
       }
       let body: Readable | null = null
