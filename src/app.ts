@@ -6,7 +6,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
-import { createHttpServer, requestId, type Lane } from './http.js'
+import { createHttpServer, requestId, type CountedLane, type Lane } from './http.js'
 import authPlugin from './plugins/auth.js'
 import corePlugin, { type CoreOptions } from './plugins/core.js'
 import errorsPlugin from './plugins/errors.js'
@@ -16,6 +16,7 @@ import rateLimitPlugin from './plugins/rate-limit.js'
 import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
 import { forwardAuthLane } from './routes/forward-auth-lane.js'
+import { laneRequestId } from './call/lane.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 import quotaRoutes from './routes/quota.js'
@@ -29,8 +30,17 @@ export interface BuildOptions extends Omit<CoreOptions, 'config'> {
   /** Fastify logger option; defaults to JSON logs at the configured level with redaction. */
   logger?: FastifyServerOptions['logger']
   loggerInstance?: FastifyServerOptions['loggerInstance']
-  /** The forward-auth lane ahead of Fastify's router (src/http.ts); on unless false. */
+  /** The lanes ahead of Fastify's router (src/http.ts): forward auth and POST /call; on unless false. */
   lanes?: boolean
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Adds a lane ahead of the router (a no-op when lanes are off). */
+    addLane: (name: string, lane: CountedLane) => void
+    /** The running lanes by name, with how many requests each answered (and handed over). */
+    lanes: ReadonlyMap<string, CountedLane>
+  }
 }
 
 /** Paths that must never reach a log line (RFC 6750 tokens, client secrets, key material). */
@@ -100,7 +110,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     keepAliveTimeout: config.server.keepAliveTimeout * 1000,
     connectionTimeout: config.server.requestTimeout * 1000,
     requestIdHeader: false,
-    genReqId: requestId,
+    genReqId: (req) => laneRequestId(req) ?? requestId(req),
     // The server Fastify would build, with the lanes in front of its handler.
     serverFactory: (handler) => createHttpServer(handler, {
       http,
@@ -118,6 +128,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   if (options.loggerInstance !== undefined) fastifyOptions.loggerInstance = options.loggerInstance
   else fastifyOptions.logger = options.logger ?? loggerOptions(config)
   const app = Fastify(fastifyOptions)
+
+  const named = new Map<string, CountedLane>()
+  app.decorate('lanes', named)
+  app.decorate('addLane', (name: string, lane: CountedLane) => {
+    if (options.lanes === false) return
+    lanes.push(lane)
+    named.set(name, lane)
+  })
 
   // Bodies are forms or JSON (and raw streams on /call, which registers its own parser): any
   // other media type is 415, not a string handed to a handler.
@@ -177,11 +195,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(callRoutes)
   await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
-  if (options.lanes !== false) {
-    const lane = forwardAuthLane(app)
-    lanes.push(lane)
-    app.decorate('forwardAuthLane', lane)
-  }
+  // The lanes count rate limits synchronously, which a store in this process (SQLite) allows.
+  if (app.store.peekCounterSync !== undefined) app.addLane('forward-auth', forwardAuthLane(app))
 
   return app
 }

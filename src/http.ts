@@ -7,8 +7,15 @@ import { randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http'
 import proxyAddr from '@fastify/proxy-addr'
 
-/** Answers the request and returns true, or returns false having written nothing. */
-export type Lane = (req: IncomingMessage, res: ServerResponse) => boolean
+/**
+ * Returns false having read and written nothing, and Fastify takes the request; or returns true
+ * and answers it, or later hands it to Fastify after all by calling `fallback` (once, having
+ * written nothing).
+ */
+export type Lane = (req: IncomingMessage, res: ServerResponse, fallback: () => void) => boolean
+
+/** A lane that counts the requests it answered and, if it hands some to Fastify after all, those. */
+export type CountedLane = Lane & { served: number, handedOver?: number }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -50,7 +57,8 @@ export interface HttpServerOptions {
  */
 export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, options: HttpServerOptions, lanes: readonly Lane[]): Server {
   const server = createServer(options.http, (req, res) => {
-    for (let i = 0; i < lanes.length; i++) if ((lanes[i] as Lane)(req, res)) return
+    const fallback = (): void => { handler(req, res) }
+    for (let i = 0; i < lanes.length; i++) if ((lanes[i] as Lane)(req, res, fallback)) return
     handler(req, res)
   })
   server.keepAliveTimeout = options.keepAliveTimeout

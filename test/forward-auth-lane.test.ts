@@ -47,8 +47,8 @@ async function gateway (t: TestContext, config: Config, lanes: boolean, clock?: 
 async function pair (t: Test, overrides: Record<string, unknown> = {}, opts: { clock?: () => number, logLevel?: string } = {}): Promise<{ lane: Gateway, plain: Gateway }> {
   const lane = await gateway(t, testConfig(t, overrides), true, opts.clock, opts.logLevel)
   const plain = await gateway(t, testConfig(t, overrides), false, opts.clock, opts.logLevel)
-  t.ok(lane.app.forwardAuthLane !== undefined, 'the lane runs on the first gateway')
-  t.equal(plain.app.forwardAuthLane, undefined, 'and not on the second')
+  t.ok(lane.app.lanes.has('forward-auth'), 'the lane runs on the first gateway')
+  t.equal(plain.app.lanes.size, 0, 'and no lane on the second')
   return { lane, plain }
 }
 
@@ -99,7 +99,7 @@ t.test('the lane answers exactly what the route answers, for every kind of reque
       t.same(comparable(a), comparable(b), `${name} (#${i + 1})`)
     }
   }
-  t.ok((lane.app.forwardAuthLane?.served ?? 0) >= 8, `the lane answered the cached 200s (${lane.app.forwardAuthLane?.served})`)
+  t.ok((lane.app.lanes.get('forward-auth')?.served ?? 0) >= 8, `the lane answered the cached 200s (${lane.app.lanes.get('forward-auth')?.served})`)
 })
 
 t.test('the lane counts against the per-IP and per-subject limits as the route does', async t => {
@@ -113,7 +113,7 @@ t.test('the lane counts against the per-IP and per-subject limits as the route d
     }
     t.same(seq.lane, seq.plain, `same answers under ${JSON.stringify(limits)}`)
     t.same(seq.lane.map(a => (a as Answer).status), [200, 200, 200, 403, 403], 'three allowed, then refused')
-    t.ok((lane.app.forwardAuthLane?.served ?? 0) >= 2, 'the lane answered the allowed repeats')
+    t.ok((lane.app.lanes.get('forward-auth')?.served ?? 0) >= 2, 'the lane answered the allowed repeats')
   }
 })
 
@@ -127,7 +127,7 @@ t.test('behind a trusted proxy the lane keys the per-IP limit on the forwarded c
   }
   t.same(statuses.lane, [200, 200, 200, 403, 200, 200])
   t.same(statuses.lane, statuses.plain)
-  t.ok((lane.app.forwardAuthLane?.served ?? 0) >= 1)
+  t.ok((lane.app.lanes.get('forward-auth')?.served ?? 0) >= 1)
 })
 
 t.test('a revoked or expired token is never answered by the lane', async t => {
@@ -150,7 +150,7 @@ t.test('a revoked or expired token is never answered by the lane', async t => {
     const res = await get(gw.base, '/validate', bearer((await issue(gw.app)).access_token))
     t.equal(res.status, 200, 'a fresh token passes')
   }
-  const before = lane.app.forwardAuthLane?.served ?? 0
+  const before = lane.app.lanes.get('forward-auth')?.served ?? 0
   t.ok(before >= 2)
 })
 
@@ -187,7 +187,7 @@ t.test('metrics and request log lines match', async t => {
     const tok = (await issue(gw.app)).access_token
     for (let i = 0; i < 4; i++) t.equal((await get(gw.base, '/validate', { ...bearer(tok), 'x-request-id': `req-${i}` })).status, 200)
   }
-  t.ok((lane.app.forwardAuthLane?.served ?? 0) >= 3)
+  t.ok((lane.app.lanes.get('forward-auth')?.served ?? 0) >= 3)
   const metric = async (gw: Gateway, pattern: RegExp): Promise<number> => {
     const text = (await get(gw.base, '/metrics')).body
     const m = pattern.exec(text)

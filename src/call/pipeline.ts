@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { QuotaExceeded, StoreUnavailable, TollgateError } from '../errors.js'
 import { bearerToken, headerSafe, requireAudience, requireScopes } from '../plugins/auth.js'
 import type { DownstreamTokens } from '../proxy/downstream-token.js'
+import { handoffOf } from './lane.js'
 import { upstreamRequestHeaders } from '../proxy/headers.js'
 import { quotaHeaders, type Charge } from '../quota/index.js'
 import type { Principal } from '../tokens/index.js'
@@ -78,6 +79,7 @@ export function createPipeline (app: FastifyInstance, deps: PipelineDeps): Pipel
     await app.limiters.perSubject(request)
   }
   const limit = (request: FastifyRequest): Promise<void> | undefined => {
+    if (handoffOf(request.raw)?.limitsCounted === true) return undefined // by the call lane
     // Counted at once when both limits have room; otherwise the limiters count, refuse and say why.
     if (app.limiters.takeSync(request.ip, (request.principal as Principal).sub)) return undefined
     return limitAsync(request)
@@ -88,7 +90,10 @@ export function createPipeline (app: FastifyInstance, deps: PipelineDeps): Pipel
     const call = request.call as CallState
     const quota = principal.claims.quota
     if (quota === undefined) return // CONTRACT §5: tokens without a quota claim are not metered
-    const charge = await app.quotas.consume(principal.sub, quota, call.tool.cost).catch((err: unknown) => {
+    // The call lane's answer, when it charged before handing the request over; else charge now.
+    const handoff = handoffOf(request.raw)
+    if (handoff?.refunded === true) call.refunded = true
+    const charge = handoff?.charge ?? await app.quotas.consume(principal.sub, quota, call.tool.cost).catch((err: unknown) => {
       throw err instanceof TollgateError ? err : new StoreUnavailable({ cause: err }) // fail closed
     })
     const headers = quotaHeaders(charge.usage)

@@ -7,6 +7,7 @@ import type { SwaggerTransform } from '@fastify/swagger'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import { Type } from 'typebox'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
+import { callLane, handoffOf } from '../call/lane.js'
 import { createPipeline, refusalReason } from '../call/pipeline.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
@@ -17,7 +18,7 @@ import { headers, problem, response } from '../schemas/index.js'
 import type { Principal } from '../tokens/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
 import type { OutgoingHttpHeaders } from 'node:http'
-import type { Readable } from 'node:stream'
+import { Readable } from 'node:stream'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -73,6 +74,8 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const relay = new WebSocketRelay(app, app.tokens, app.clock)
   relay.listen()
   const pipeline = createPipeline(app, { tools, downstream, subprotocolToken })
+  const lane = callLane(app, { tools, upstreams, downstream })
+  if (lane !== undefined) app.addLane('call', lane)
   const bodyLimit = app.config.server.bodyLimit
   const { metrics } = app
 
@@ -100,6 +103,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const started = process.hrtime.bigint()
     let answer
     try {
+      // A request the call lane handed over has been sent once already: its failure is the answer.
+      const failed = handoffOf(request.raw)?.upstreamError
+      if (failed !== undefined) throw failed
       answer = await upstreams.send(tool, req)
     } catch (err) {
       const e = translate(err)
@@ -141,6 +147,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         response: { 200: toolAnswer, ...errorResponses }
       },
       onRequest: pipeline.authenticate,
+      // A request the call lane read and handed over: its body again, from the bytes it kept.
+      preParsing: (request, _reply, payload, done) => {
+        const handoff = handoffOf(request.raw)
+        done(null, handoff !== undefined ? Readable.from([handoff.body]) : payload)
+      },
       // One hook for the pipeline's checks, in its order: a hook per stage costs a promise and a
       // dispatch on every call.
       preHandler: async (request, reply) => {

@@ -14,13 +14,6 @@ import type { FastifyInstance } from 'fastify'
 import { clientAddress, requestId, type Lane, type TrustProxy } from '../http.js'
 import type { Principal } from '../tokens/index.js'
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** Present when the lane runs; `served` counts the requests it answered. */
-    forwardAuthLane?: { served: number }
-  }
-}
-
 const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
 const HEADER_SAFE = /^[\x20-\x7e]*$/
 /** A query of audience and scope only, with nothing to decode. */
