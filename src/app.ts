@@ -196,7 +196,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
   // The lanes count rate limits synchronously, which a store in this process (SQLite) allows.
-  if (app.store.peekCounterSync !== undefined) app.addLane('forward-auth', forwardAuthLane(app))
+  if (app.store.takeCountersSync !== undefined) app.addLane('forward-auth', forwardAuthLane(app))
 
   return app
 }

@@ -25,6 +25,17 @@ export function requestId (req: IncomingMessage): string {
   return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
 }
 
+/**
+ * The token of an `Authorization: Bearer <token>` header with exactly one space, unchecked: for a
+ * lookup in the verification cache, whose keys are all well-formed tokens, so anything else
+ * misses there and goes to the route, which parses the header strictly.
+ */
+export function bearerCandidate (header: string | undefined): string | undefined {
+  if (header === undefined || header.length < 8 || header.charCodeAt(6) !== 32) return undefined
+  const scheme = header.slice(0, 6)
+  return scheme === 'Bearer' || scheme.toLowerCase() === 'bearer' ? header.slice(7) : undefined
+}
+
 export type TrustProxy = boolean | string | string[] | number
 
 /**

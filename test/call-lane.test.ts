@@ -86,6 +86,12 @@ function resetNow (): number {
 
 const ok = JSON.stringify({ tool: 'chat', arguments: { text: 'hello' } })
 
+/** Fixed windows align to the epoch: a sequence that straddles a minute's end would see it reset. */
+async function clearOfMinuteEdge (): Promise<void> {
+  const left = 60_000 - (Date.now() % 60_000)
+  if (left < 5000) await new Promise(resolve => setTimeout(resolve, left + 50))
+}
+
 t.test('the lane answers and refuses exactly as the route does', async t => {
   const { upstream, lane, plain } = await pair(t)
   const tok = { lane: (await issue(lane.app)).access_token, plain: (await issue(plain.app)).access_token }
@@ -140,6 +146,7 @@ t.test('quota and rate limits run out at the same call', async t => {
   ]) {
     const { lane, plain } = await pair(t, overrides)
     const tok = { lane: (await issue(lane.app)).access_token, plain: (await issue(plain.app)).access_token }
+    await clearOfMinuteEdge()
     const seq = { lane: [] as object[], plain: [] as object[] }
     for (let i = 0; i < 5; i++) {
       seq.lane.push(comparable(await call(lane, tok.lane, ok), lane))

@@ -64,6 +64,12 @@ function comparable (a: Answer): object {
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
+/** Fixed windows align to the epoch: a sequence that straddles a minute's end would see it reset. */
+async function clearOfMinuteEdge (): Promise<void> {
+  const left = 60_000 - (Date.now() % 60_000)
+  if (left < 5000) await new Promise(resolve => setTimeout(resolve, left + 50))
+}
+
 t.test('the lane answers exactly what the route answers, for every kind of request', async t => {
   const { lane, plain } = await pair(t)
   const tokens = { lane: (await issue(lane.app)).access_token, plain: (await issue(plain.app)).access_token }
@@ -106,6 +112,7 @@ t.test('the lane counts against the per-IP and per-subject limits as the route d
   for (const limits of [{ perIp: { max: 3, window: '1m' }, perSubject: { max: 100, window: '1m' } }, { perIp: { max: 100, window: '1m' }, perSubject: { max: 3, window: '1m' } }]) {
     const { lane, plain } = await pair(t, { rateLimits: limits })
     const tokens = { lane: (await issue(lane.app)).access_token, plain: (await issue(plain.app)).access_token }
+    await clearOfMinuteEdge()
     const seq = { lane: [] as object[], plain: [] as object[] }
     for (let i = 0; i < 5; i++) {
       seq.lane.push(comparable(await get(lane.base, '/validate', bearer(tokens.lane))))
@@ -120,6 +127,7 @@ t.test('the lane counts against the per-IP and per-subject limits as the route d
 t.test('behind a trusted proxy the lane keys the per-IP limit on the forwarded client', async t => {
   const { lane, plain } = await pair(t, { server: { trustProxy: '127.0.0.1' }, rateLimits: { perIp: { max: 2, window: '1m' }, perSubject: { max: 100, window: '1m' } } })
   const tokens = { lane: (await issue(lane.app)).access_token, plain: (await issue(plain.app)).access_token }
+  await clearOfMinuteEdge()
   const statuses = { lane: [] as number[], plain: [] as number[] }
   for (const xff of ['203.0.113.1', '203.0.113.1', '203.0.113.2', '203.0.113.1', '203.0.113.2', '203.0.113.3']) {
     statuses.lane.push((await get(lane.base, '/validate', { ...bearer(tokens.lane), 'x-forwarded-for': xff })).status)

@@ -10,7 +10,7 @@
 // recognise before reading the body is Fastify's from the start.
 import type { IncomingMessage, ServerResponse, OutgoingHttpHeaders } from 'node:http'
 import type { FastifyInstance } from 'fastify'
-import { requestId, type Lane } from '../http.js'
+import { bearerCandidate, requestId, type Lane } from '../http.js'
 import type { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js'
 import type { Upstreams } from '../proxy/upstream.js'
@@ -43,7 +43,6 @@ export function laneRequestId (req: IncomingMessage): string | undefined {
   return handoffs.get(req)?.id
 }
 
-const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
 const HEADER_SAFE = /^[\x20-\x7e]*$/
 const JSON_TYPES = new Set(['application/json', 'application/json; charset=utf-8'])
 // Fastify's JSON parser refuses prototype keys (secure-json-parse, protoAction 'error').
@@ -60,7 +59,7 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
   // route works them out, so the lane stays out of the way.
   if (app.config.server.trustProxy !== false) return undefined
   // A store that counts elsewhere (Redis) is asked with a promise: the route does that.
-  if (app.store.peekCounterSync === undefined) return undefined
+  if (app.store.takeCountersSync === undefined) return undefined
   const { tokens, limiters, quotas, metrics, log } = app
   const { tools, upstreams, downstream } = deps
   const bodyLimit = app.config.server.bodyLimit
@@ -75,11 +74,8 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
     const length = Number(headers['content-length'])
     if (contentType === undefined || !JSON_TYPES.has(contentType.toLowerCase())) return false
     if (!(length > 0 && length <= bodyLimit) || headers['transfer-encoding'] !== undefined || headers.expect !== undefined) return false
-    if (headers.host === undefined || headers.authorization === undefined) return false
-    const m = BEARER.exec(headers.authorization)
-    if (m === null) return false
-    const token = m[1] as string
-    if (tokens.peek(token) === undefined) return false
+    const token = bearerCandidate(headers.authorization)
+    if (headers.host === undefined || token === undefined || tokens.peek(token) === undefined) return false
 
     // Taken: read the body, then run the pipeline.
     const started = performance.now()

@@ -79,16 +79,12 @@ export default fp(async function rateLimits (app: FastifyInstance) {
   const ipWindow = limits.perIp.window * 1000
   const subjectWindow = limits.perSubject.window * 1000
   const takeSync = (ip: string, sub: string): boolean => {
-    if (store.peekCounterSync === undefined || store.incrementCounterSync === undefined) return false
-    const ipKey = counterKey('ip', ip)
-    const subjectKey = counterKey('subject', sub)
-    const now = clock()
+    if (store.takeCountersSync === undefined) return false
     try {
-      if (store.peekCounterSync(ipKey, ipWindow, now) >= limits.perIp.max) return false
-      if (store.peekCounterSync(subjectKey, subjectWindow, now) >= limits.perSubject.max) return false
-      store.incrementCounterSync(ipKey, ipWindow, now)
-      store.incrementCounterSync(subjectKey, subjectWindow, now)
-      return true
+      return store.takeCountersSync([
+        { key: counterKey('ip', ip), windowMs: ipWindow, max: limits.perIp.max },
+        { key: counterKey('subject', sub), windowMs: subjectWindow, max: limits.perSubject.max }
+      ], clock())
     } catch {
       return false
     }

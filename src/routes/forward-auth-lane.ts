@@ -11,10 +11,9 @@
 // anything is written, and Fastify's route decides it and says why.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyInstance } from 'fastify'
-import { clientAddress, requestId, type Lane, type TrustProxy } from '../http.js'
+import { bearerCandidate, clientAddress, requestId, type Lane, type TrustProxy } from '../http.js'
 import type { Principal } from '../tokens/index.js'
 
-const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
 const HEADER_SAFE = /^[\x20-\x7e]*$/
 /** A query of audience and scope only, with nothing to decode. */
 const PLAIN_QUERY = /^[A-Za-z0-9\-._~:/=&]*$/
@@ -82,11 +81,9 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
     }
     const headers = req.headers
     if (headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined) return false
-    const authorization = headers.authorization
-    if (authorization === undefined) return false
-    const m = BEARER.exec(authorization)
-    if (m === null) return false
-    const principal = tokens.peek(m[1] as string)
+    const token = bearerCandidate(headers.authorization)
+    if (token === undefined) return false
+    const principal = tokens.peek(token)
     if (principal === undefined || !allowed(principal, query)) return false
     let decision = decisions.get(principal)
     if (decision === undefined) {

@@ -65,6 +65,12 @@ export interface RevocationPage {
   cursor: string
 }
 
+export interface CounterTake {
+  key: string
+  windowMs: number
+  max: number
+}
+
 export interface CounterResult {
   count: number
   /** Milliseconds until the counter's window ends. */
@@ -108,13 +114,12 @@ export interface Store {
   // ---- rate-limit counters (fixed windows)
   incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult>
   /**
-   * Optional, for stores that keep counters in this process: the count a window holds now (no
-   * increment), and the increment itself, both synchronous. The forward-auth lane uses them to
-   * decide a request without a promise; a store without them is always asked through
-   * incrementCounter.
+   * Optional, for stores that keep counters in this process: counts one more in every one of
+   * `counters` when each is below its max, synchronously, and returns true; otherwise counts
+   * nothing and returns false. The lanes use it to decide a request without a promise; a store
+   * without it is always asked through incrementCounter.
    */
-  peekCounterSync?: (key: string, windowMs: number, now: number) => number
-  incrementCounterSync?: (key: string, windowMs: number, now: number) => CounterResult
+  takeCountersSync?: (counters: readonly CounterTake[], now: number) => boolean
 
   // ---- housekeeping
   /** Deletes up to `limit` expired records of each kind; returns how many went. */

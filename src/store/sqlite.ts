@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
-import type { CounterResult, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+import type { CounterResult, CounterTake, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS keys (
@@ -240,19 +240,22 @@ export class SqliteStore implements Store {
   // them, a kill -9 loses at most that last interval. The window's persisted count is read once,
   // when a key is first seen in a window.
   async incrementCounter (key: string, windowMs: number, now: number): Promise<CounterResult> {
-    return this.incrementCounterSync(key, windowMs, now)
-  }
-
-  incrementCounterSync (key: string, windowMs: number, now: number): CounterResult {
     const counter = this.#counter(key, windowMs, now)
-    counter.count++
-    counter.pending++
-    this.#flushTimer ??= setTimeout(() => { this.#flushCounters(Date.now()) }, COUNTER_FLUSH_MS).unref()
+    this.#count(counter)
     return { count: counter.count, ttl: counter.windowStart + windowMs - now }
   }
 
-  peekCounterSync (key: string, windowMs: number, now: number): number {
-    return this.#counter(key, windowMs, now).count
+  takeCountersSync (counters: readonly CounterTake[], now: number): boolean {
+    const found = counters.map(c => this.#counter(c.key, c.windowMs, now))
+    if (found.some((counter, i) => counter.count >= (counters[i] as CounterTake).max)) return false
+    for (const counter of found) this.#count(counter)
+    return true
+  }
+
+  #count (counter: { count: number, pending: number }): void {
+    counter.count++
+    counter.pending++
+    this.#flushTimer ??= setTimeout(() => { this.#flushCounters(Date.now()) }, COUNTER_FLUSH_MS).unref()
   }
 
   /** The in-memory counter of `key` for the window holding `now`, read from the file when new. */
