@@ -148,6 +148,12 @@ async function startTollgate (upstreamUrl, issuerUrl, { profileDir } = {}) {
   return { child, port, url, stop }
 }
 
+/** CPU time a process has used so far (user + system), in microseconds, from /proc/<pid>/stat. */
+function cpuMicros (pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100) // clock ticks of 10 ms
+}
+
 /** Peak resident set size of a process (VmHWM), in MiB. */
 function peakRssMiB (pid) {
   const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -216,16 +222,17 @@ function scenarios (ctx) {
   const list = [
     // The same request bytes as validate_repeat (the bare route ignores the header), so the ratio
     // compares what the servers do, not the size of what they read.
-    { name: 'bare', opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare', headers: { authorization: `Bearer ${ctx.token}` } }] }) },
-    { name: 'validate_repeat', opts: () => ({ url: ctx.tollgate.url, requests: [validate(ctx.token)] }) },
-    { name: 'validate_distinct', opts: () => ({ url: ctx.tollgate.url, ...spread(distinct) }) },
-    { name: 'validate_uncached', opts: () => ({ url: ctx.tollgate.url, ...spread(uncached) }) },
+    { name: 'bare', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare', headers: { authorization: `Bearer ${ctx.token}` } }] }) },
+    { name: 'validate_repeat', pid: () => ctx.tollgate.child.pid, opts: () => ({ url: ctx.tollgate.url, requests: [validate(ctx.token)] }) },
+    { name: 'validate_distinct', pid: () => ctx.tollgate.child.pid, opts: () => ({ url: ctx.tollgate.url, ...spread(distinct) }) },
+    { name: 'validate_uncached', pid: () => ctx.tollgate.child.pid, opts: () => ({ url: ctx.tollgate.url, ...spread(uncached) }) },
     {
       name: 'token_issue',
+      pid: () => ctx.tollgate.child.pid,
       opts: () => ({ url: `${ctx.tollgate.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY })
     },
-    { name: 'direct', opts: () => ({ url: `${ctx.upstream.url}/echo`, method: 'POST', headers: { 'content-type': 'application/json' }, body: CALL_BODY }) },
-    { name: 'stock_proxy', opts: () => ({ url: `${ctx.stockProxy.url}/call`, method: 'POST', headers: { 'content-type': 'application/json' }, body: CALL_BODY }) }
+    { name: 'direct', pid: () => ctx.upstream.child.pid, opts: () => ({ url: `${ctx.upstream.url}/echo`, method: 'POST', headers: { 'content-type': 'application/json' }, body: CALL_BODY }) },
+    { name: 'stock_proxy', pid: () => ctx.stockProxy.child.pid, opts: () => ({ url: `${ctx.stockProxy.url}/call`, method: 'POST', headers: { 'content-type': 'application/json' }, body: CALL_BODY }) }
   ]
   const call = callScenario(ctx)
   if (call !== undefined) list.push(call)
@@ -235,7 +242,7 @@ function scenarios (ctx) {
 const CALL_BODY = JSON.stringify({ tool: 'echo', arguments: { text: 'hello' } })
 
 function callScenario (ctx) {
-  return { name: 'call', opts: () => ({ url: `${ctx.tollgate.url}/call`, method: 'POST', headers: { authorization: `Bearer ${ctx.token}`, 'content-type': 'application/json' }, body: CALL_BODY }) }
+  return { name: 'call', pid: () => ctx.tollgate.child.pid, opts: () => ({ url: `${ctx.tollgate.url}/call`, method: 'POST', headers: { authorization: `Bearer ${ctx.token}`, 'content-type': 'application/json' }, body: CALL_BODY }) }
 }
 
 /**
@@ -349,6 +356,7 @@ function median (values) {
 function summarise (samples) {
   return {
     rps: median(samples.map(s => s.rps)),
+    cpu: median(samples.map(s => s.cpuPerRequest)),
     p50: median(samples.map(s => s.p50)),
     p99: median(samples.map(s => s.p99)),
     rounds: samples.map(s => Math.round(s.rps)),
@@ -358,13 +366,15 @@ function summarise (samples) {
   }
 }
 
+// [label, a, b, budget, whether a and b measure servers in the same role, so that their CPU per
+// request compares too (the upstream's CPU says nothing about a proxy's)]
 const RATIOS = [
-  ['validate_repeat/bare', 'validate_repeat', 'bare', 'target >= 0.80'],
-  ['validate_distinct/bare', 'validate_distinct', 'bare', ''],
-  ['validate_uncached/bare', 'validate_uncached', 'bare', ''],
-  ['stock_proxy/direct', 'stock_proxy', 'direct', ''],
-  ['call/direct', 'call', 'direct', 'target >= 0.30'],
-  ['call/stock_proxy', 'call', 'stock_proxy', 'target >= 1.00']
+  ['validate_repeat/bare', 'validate_repeat', 'bare', '>= 0.80', true],
+  ['validate_distinct/bare', 'validate_distinct', 'bare', '', true],
+  ['validate_uncached/bare', 'validate_uncached', 'bare', '', true],
+  ['stock_proxy/direct', 'stock_proxy', 'direct', '', false],
+  ['call/direct', 'call', 'direct', '>= 0.30', false],
+  ['call/stock_proxy', 'call', 'stock_proxy', '>= 1.00', true]
 ]
 
 function pad (s, n) { return String(s).padEnd(n) }
@@ -412,8 +422,11 @@ async function main () {
     // Odd rounds run in reverse order (A B B A), so a drift of the machine does not favour one side.
     const order = round % 2 === 0 ? list : [...list].reverse()
     for (const scenario of order) {
+      const pid = scenario.pid()
+      const cpuBefore = cpuMicros(pid)
       const r = await cannon(scenario.opts())
-      samples.get(scenario.name).push({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors + r.timeouts, codes: r.statusCodeStats, errorCodes: r.errorCodes })
+      const served = r.requests.total
+      samples.get(scenario.name).push({ cpuPerRequest: served > 0 ? (cpuMicros(pid) - cpuBefore) / served : NaN, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors + r.timeouts, codes: r.statusCodeStats, errorCodes: r.errorCodes })
       process.stderr.write(`  round ${round + 1} ${pad(scenario.name, 18)} ${num(r.requests.average)} req/s\n`)
     }
   }
@@ -425,16 +438,27 @@ async function main () {
 
   const results = Object.fromEntries([...samples].map(([name, s]) => [name, summarise(s)]))
   console.log('')
-  console.log(`${pad('scenario', 20)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('per round', 20)}failed`)
+  console.log(`${pad('scenario', 20)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}${pad('server µs/req', 15)}${pad('per round', 32)}failed`)
   for (const [name, r] of Object.entries(results)) {
-    console.log(`${pad(name, 20)}${pad(num(r.rps), 10)}${pad(num(r.p50, 1), 9)}${pad(num(r.p99, 1), 9)}${pad(r.rounds.join(' '), 20)}${r.non2xx + r.errors}`)
+    console.log(`${pad(name, 20)}${pad(num(r.rps), 10)}${pad(num(r.p50, 1), 9)}${pad(num(r.p99, 1), 9)}${pad(num(r.cpu, 1), 15)}${pad(r.rounds.join(' '), 32)}${r.non2xx + r.errors}`)
   }
   console.log('')
+  // Two views of each ratio: of the medians, and per round (the two sides of a round ran back to
+  // back, so a round's ratio is the least disturbed by the shared machine's drift).
   const ratios = {}
-  for (const [label, a, b, target] of RATIOS) {
+  const roundRatios = {}
+  const cpuRatios = {}
+  console.log(`${pad('ratio', 26)}${pad('of medians', 12)}${pad('per round', 28)}${pad('by server CPU', 15)}budget`)
+  for (const [label, a, b, target, sameRole] of RATIOS) {
     const ratio = results[a] !== undefined && results[b] !== undefined ? results[a].rps / results[b].rps : undefined
+    const perRound = ratio !== undefined ? samples.get(a).map((s, i) => s.rps / samples.get(b)[i].rps) : []
+    // Requests per CPU-second of a's server relative to b's: how much work each request costs the
+    // server itself, which the machine's drift between rounds disturbs less than req/s.
+    const cpu = ratio !== undefined && sameRole ? results[b].cpu / results[a].cpu : undefined
     ratios[label] = ratio
-    console.log(`${pad(label, 26)}${pad(ratio !== undefined ? ratio.toFixed(2) : 'n/a', 24)}${target}`)
+    roundRatios[label] = perRound
+    cpuRatios[label] = cpu
+    console.log(`${pad(label, 26)}${pad(ratio !== undefined ? ratio.toFixed(2) : 'n/a', 12)}${pad(perRound.map(r => r.toFixed(2)).join(' '), 28)}${pad(cpu !== undefined ? cpu.toFixed(2) : '', 15)}${target}`)
   }
   console.log('')
   if (halfLoad !== undefined) {
@@ -454,7 +478,7 @@ async function main () {
   if (args.json) {
     mkdirSync(RESULTS, { recursive: true })
     const file = join(RESULTS, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
-    writeFileSync(file, JSON.stringify({ node: process.version, connections: CONNECTIONS, duration: DURATION, rounds: ROUNDS, results, ratios, halfLoad, rssAfterLoad, rssAfterSubjects }, null, 2) + '\n')
+    writeFileSync(file, JSON.stringify({ node: process.version, connections: CONNECTIONS, duration: DURATION, rounds: ROUNDS, results, ratios, roundRatios, cpuRatios, halfLoad, rssAfterLoad, rssAfterSubjects }, null, 2) + '\n')
     console.log(`written ${file}`)
   }
   await ctx.tollgate.stop()
