@@ -117,7 +117,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
       keepAliveTimeout: config.server.keepAliveTimeout * 1000,
       requestTimeout: config.server.requestTimeout * 1000,
       connectionTimeout: config.server.requestTimeout * 1000
-    }, lanes),
+    }, lanes, (err) => { app.log.error({ err }, 'lane failed') }),
     routerOptions: { maxParamLength: 2048 },
     // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }

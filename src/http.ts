@@ -66,10 +66,23 @@ export interface HttpServerOptions {
  * The node:http server Fastify would create for these options (fastify/lib/server.js), with the
  * lanes tried before Fastify's handler.
  */
-export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, options: HttpServerOptions, lanes: readonly Lane[]): Server {
+export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, options: HttpServerOptions, lanes: readonly Lane[], onLaneError: (err: unknown) => void = () => {}): Server {
   const server = createServer(options.http, (req, res) => {
     const fallback = (): void => { handler(req, res) }
-    for (let i = 0; i < lanes.length; i++) if ((lanes[i] as Lane)(req, res, fallback)) return
+    for (let i = 0; i < lanes.length; i++) {
+      try {
+        if ((lanes[i] as Lane)(req, res, fallback)) return
+      } catch (err) {
+        // A lane's bug never takes the process down: before anything was written the request is
+        // Fastify's; after, the connection is cut.
+        onLaneError(err)
+        if (res.headersSent) {
+          res.destroy()
+          return
+        }
+        break
+      }
+    }
     handler(req, res)
   })
   server.keepAliveTimeout = options.keepAliveTimeout

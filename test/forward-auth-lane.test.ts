@@ -216,3 +216,21 @@ t.test('metrics and request log lines match', async t => {
   t.same(requestLines(lane), requestLines(plain))
   t.notOk(JSON.stringify(lane.lines).includes('Bearer'), 'no credential in the lane\'s log lines')
 })
+
+t.test('a lane that throws never takes the server down', async t => {
+  const gw = await gateway(t, testConfig(t), true)
+  let mode: 'before' | 'after' | 'off' = 'before'
+  const boom = Object.assign((_req: unknown, res: { writeHead: (s: number) => void }): boolean => {
+    if (mode === 'off') return false
+    if (mode === 'after') res.writeHead(200)
+    throw new Error('lane bug')
+  }, { served: 0 })
+  // Tried after the forward-auth lane, which declines /health, so every request reaches it.
+  gw.app.addLane('boom', boom as never)
+  const before = await get(gw.base, '/health')
+  t.equal(before.status, 200, 'thrown before writing: Fastify answered')
+  mode = 'after'
+  await t.rejects(get(gw.base, '/health'), 'thrown after writing: the connection is cut')
+  mode = 'off'
+  t.equal((await get(gw.base, '/health')).status, 200, 'the server still serves')
+})

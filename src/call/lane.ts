@@ -83,7 +83,17 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
     req.on('data', (chunk: Buffer) => { chunks.push(chunk) })
     req.once('end', () => {
       const body = chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks)
-      run(req, res, fallback, token, body, started).catch(() => { if (!res.headersSent) res.destroy() })
+      run(req, res, fallback, token, body, started).catch((err: unknown) => {
+        // A bug, not a refusal (those are handed over): answered 500 as the error handler would.
+        log.error({ err }, 'call lane failed')
+        if (res.headersSent) {
+          res.destroy()
+          return
+        }
+        const problem = JSON.stringify({ type: 'urn:tollgate:problem:internal_error', title: 'Internal Server Error', status: 500, detail: 'internal error', code: 'internal_error' })
+        res.writeHead(500, { 'content-type': 'application/problem+json; charset=utf-8', 'content-length': Buffer.byteLength(problem) })
+        res.end(problem)
+      })
     })
     return true
   }
