@@ -131,6 +131,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
 
   const named = new Map<string, CountedLane>()
   app.decorate('lanes', named)
+  // Closing: from here on Fastify answers every request (503 while it drains).
+  app.addHook('preClose', (done) => { lanes.length = 0; done() })
   app.decorate('addLane', (name: string, lane: CountedLane) => {
     if (options.lanes === false) return
     lanes.push(lane)

@@ -10,7 +10,8 @@
 // recognise before reading the body is Fastify's from the start.
 import type { IncomingMessage, ServerResponse, OutgoingHttpHeaders } from 'node:http'
 import type { FastifyInstance } from 'fastify'
-import { bearerCandidate, requestId, type Lane } from '../http.js'
+import { bearerCandidate, logAnswered, requestId, type Lane } from '../http.js'
+import { isHeaderSafe } from '../plugins/auth.js'
 import type { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js'
 import type { Upstreams } from '../proxy/upstream.js'
@@ -43,7 +44,6 @@ export function laneRequestId (req: IncomingMessage): string | undefined {
   return handoffs.get(req)?.id
 }
 
-const HEADER_SAFE = /^[\x20-\x7e]*$/
 const JSON_TYPES = new Set(['application/json', 'application/json; charset=utf-8'])
 // Fastify's JSON parser refuses prototype keys (secure-json-parse, protoAction 'error').
 const PROTO_KEYS = /"(?:__proto__|constructor)"/
@@ -63,12 +63,9 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
   const { tokens, limiters, quotas, metrics, log } = app
   const { tools, upstreams, downstream } = deps
   const bodyLimit = app.config.server.bodyLimit
-  const levels = log as unknown as { isLevelEnabled?: (level: string) => boolean }
-  let open = true
-  app.addHook('preClose', (done) => { open = false; done() })
 
   const lane = (req: IncomingMessage, res: ServerResponse, fallback: () => void): boolean => {
-    if (req.method !== 'POST' || req.url !== '/call' || !open) return false
+    if (req.method !== 'POST' || req.url !== '/call') return false
     const headers = req.headers
     const contentType = headers['content-type']
     const length = Number(headers['content-length'])
@@ -108,7 +105,7 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
     }
     // authenticate: again, now that the body is in (the token may have been revoked meanwhile)
     const principal = tokens.peek(token)
-    if (principal === undefined || !HEADER_SAFE.test(principal.sub)) return handOver()
+    if (principal === undefined || !isHeaderSafe(principal.sub)) return handOver()
     // the body: a JSON object naming a tool, as the route's schema wants
     const tool = toolOf(body)
     if (tool === undefined) return handOver()
@@ -183,11 +180,7 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
       metrics.countCall(tool.name, status)
       const elapsed = performance.now() - started
       metrics.observeRequest('POST', '/call', status, elapsed / 1000)
-      if (levels.isLevelEnabled?.('info') === true) {
-        const reqLog = log.child({ reqId: id })
-        reqLog.info({ req: { method: 'POST', url: '/call', ip } }, 'incoming request')
-        reqLog.info({ res: { statusCode: status }, responseTime: elapsed }, 'request completed')
-      }
+      logAnswered(log, id, { method: 'POST', url: '/call', ip }, status, elapsed)
     })
     result.served++
     answer.relayTo(res, out, () => { refund().catch(() => {}) })

@@ -42,9 +42,16 @@ export function requireScopes (principal: Principal, required: readonly string[]
   if (missing.length > 0) throw new InsufficientScope(required.join(' '))
 }
 
-/** Header-safe value: printable ASCII only, so no CR/LF or control character reaches a header. */
+const HEADER_SAFE = /^[\x20-\x7e]*$/
+
+/** Printable ASCII only, so no CR/LF or control character reaches a header. */
+export function isHeaderSafe (value: string): boolean {
+  return HEADER_SAFE.test(value)
+}
+
+/** A header-safe claim value, or InvalidToken. */
 export function headerSafe (value: string, what: string): string {
-  if (!/^[\x20-\x7e]*$/.test(value)) throw new InvalidToken(`claim ${what} cannot be carried in a header`)
+  if (!isHeaderSafe(value)) throw new InvalidToken(`claim ${what} cannot be carried in a header`)
   return value
 }
 

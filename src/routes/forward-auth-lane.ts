@@ -11,10 +11,10 @@
 // anything is written, and Fastify's route decides it and says why.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyInstance } from 'fastify'
-import { bearerCandidate, clientAddress, requestId, type Lane, type TrustProxy } from '../http.js'
+import { bearerCandidate, clientAddress, logAnswered, requestId, type Lane, type TrustProxy } from '../http.js'
+import { isHeaderSafe } from '../plugins/auth.js'
 import type { Principal } from '../tokens/index.js'
 
-const HEADER_SAFE = /^[\x20-\x7e]*$/
 /** A query of audience and scope only, with nothing to decode. */
 const PLAIN_QUERY = /^[A-Za-z0-9\-._~:/=&]*$/
 
@@ -30,7 +30,7 @@ interface Decision {
 
 function decisionOf (p: Principal): Decision | undefined {
   const audience = p.aud.join(' ')
-  if (!HEADER_SAFE.test(p.sub) || !HEADER_SAFE.test(p.clientId) || !HEADER_SAFE.test(p.scope) || !HEADER_SAFE.test(audience)) return undefined
+  if (![p.sub, p.clientId, p.scope, audience].every(isHeaderSafe)) return undefined
   const body = JSON.stringify({ sub: p.sub, client_id: p.clientId, scope: p.scope, aud: p.aud })
   return { subject: p.sub, clientId: p.clientId, scope: p.scope, audience, body, length: String(Buffer.byteLength(body)) }
 }
@@ -63,15 +63,10 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
   const decisions = new WeakMap<Principal, Decision | null>()
   const allowedCount = metrics.validations.labels({ endpoint: 'forward_auth', result: 'allowed' })
   const duration = metrics.requestDuration.labels({ method: 'GET', route: '/validate', status_code: '200' })
-  // Fastify's request log lines, at info: written here as well when that level is on.
-  const levels = log as unknown as { isLevelEnabled?: (level: string) => boolean }
-  const logsRequests = (): boolean => levels.isLevelEnabled?.('info') ?? false
-  let open = true
-  app.addHook('preClose', (done) => { open = false; done() })
 
   const lane = (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = req.url as string
-    if (req.method !== 'GET' || !url.startsWith('/validate') || !open) return false
+    if (req.method !== 'GET' || !url.startsWith('/validate')) return false
     let query: { audience?: string, scope?: string } = {}
     if (url.length > 9) {
       if (url.charCodeAt(9) !== 63 /* ? */) return false
@@ -97,8 +92,6 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
     // Decided: from here on the request is answered here.
     const started = performance.now()
     const id = requestId(req)
-    const reqLog = logsRequests() ? log.child({ reqId: id }) : undefined
-    reqLog?.info({ req: { method: 'GET', url, ip: address } }, 'incoming request')
     allowedCount.inc()
     res.writeHead(200, {
       'x-request-id': id,
@@ -113,7 +106,7 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
     res.end(decision.body)
     const elapsed = performance.now() - started
     duration.observe(elapsed / 1000)
-    reqLog?.info({ res: { statusCode: 200 }, responseTime: elapsed }, 'request completed')
+    logAnswered(log, id, { method: 'GET', url, ip: address }, 200, elapsed)
     result.served++
     return true
   }
