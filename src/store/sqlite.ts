@@ -74,13 +74,18 @@ function toFamily (row: FamilyRow): RefreshFamily {
   return family
 }
 
+/** A quota charge waiting for the next group commit. */
+interface Charge { sub: string, windowStart: number, windowMs: number, limit: number, cost: number, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }
+
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
   readonly #db: Database.Database
   readonly #stmt
   readonly #counters = new Map<string, { windowStart: number, expiresAt: number, count: number, pending: number }>()
   #flushTimer: NodeJS.Timeout | undefined
-  #charges: Array<{ sub: string, windowStart: number, windowMs: number, limit: number, cost: number, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }> = []
+  #charges: Charge[] = []
+  /** The group commit's transaction, built once (better-sqlite3 builds a wrapper per transaction() call). */
+  readonly #chargeBatch: Database.Transaction<(batch: Charge[]) => QuotaResult[]>
 
   private constructor (db: Database.Database) {
     this.#db = db
@@ -117,6 +122,13 @@ export class SqliteStore implements Store {
       purgeCounters: db.prepare('DELETE FROM counters WHERE key IN (SELECT key FROM counters WHERE expires_at <= ? LIMIT ?)'),
       ping: db.prepare('SELECT 1').pluck()
     }
+    this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
+      const used = c.cost > c.limit
+        ? undefined
+        : this.#stmt.consume.get(c.sub, c.windowMs, c.windowStart, c.cost, c.windowStart + c.windowMs, c.limit) as number | undefined
+      if (used !== undefined) return { granted: true, used }
+      return { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
+    }))
   }
 
   static open (file: string): SqliteStore {
@@ -169,13 +181,7 @@ export class SqliteStore implements Store {
     this.#charges = []
     let results: QuotaResult[]
     try {
-      results = this.#db.transaction(() => batch.map(c => {
-        const used = c.cost > c.limit
-          ? undefined
-          : this.#stmt.consume.get(c.sub, c.windowMs, c.windowStart, c.cost, c.windowStart + c.windowMs, c.limit) as number | undefined
-        if (used !== undefined) return { granted: true, used }
-        return { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
-      })).immediate()
+      results = this.#chargeBatch.immediate(batch)
     } catch (err) {
       for (const c of batch) c.reject(err)
       return
