@@ -319,6 +319,24 @@ t.test('tokens longer than 8 KiB', async t => {
   t.not((await exchange(k.app, justUnder)).statusCode, 413, 'and fits in a token exchange body')
 })
 
+t.test('a token that ends like a cached one is verified on its own: the cache compares whole tokens', async t => {
+  const k = await kit(t)
+  const good = k.es256(k.header(), k.claims())
+  t.equal((await getValidate(k.app, good)).statusCode, 200, 'the genuine token, now cached')
+  const signature = good.slice(good.lastIndexOf('.') + 1)
+  // The genuine signature under another payload: the same cache key, another token.
+  const spliced = `${b64(k.header())}.${b64({ ...k.claims(), sub: 'admin' })}.${signature}`
+  // The genuine payload with its signature altered before the characters the cache is keyed by.
+  const altered = `${good.slice(0, good.lastIndexOf('.') + 1)}${signature[0] === 'A' ? 'B' : 'A'}${signature.slice(1)}`
+  for (const [name, token] of [['genuine signature over another payload', spliced], ['signature altered outside the cache key', altered]] as const) {
+    t.equal(token.slice(-43), good.slice(-43), `${name}: ends like the cached token`)
+    t.equal(k.app.tokens.peek(token), undefined, `${name}: not a cache hit`)
+    await refusedEverywhere(t, k, token, name)
+  }
+  t.equal(k.app.tokens.peek(good)?.sub, 'agent', 'the genuine token is still cached')
+  t.equal((await getValidate(k.app, good)).statusCode, 200, 'and still valid')
+})
+
 t.test('a token in the query string is never read', async t => {
   const k = await kit(t)
   const token = k.es256(k.header(), k.claims())
