@@ -14,6 +14,7 @@ app.get('/bare', {
     }
   }
 }, async () => body)
-await app.listen({ host: '127.0.0.1', port: 0 })
+// PORT: for bench/instructions.sh, which runs it under valgrind without an IPC channel.
+await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
 process.send?.({ port: app.server.address().port })
 process.on('disconnect', () => { app.close().then(() => process.exit(0)) })

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: GET /validate (one token repeated,
+# answered by the forward-auth lane) against the bare Fastify route of `npm run bench`, each server
+# under callgrind in turn, sent the same request. Unlike req/s or CPU time, an instruction count is
+# the same on every run whatever else the machine is doing, so it shows small changes that a shared
+# machine's noise hides. It counts the server's own user-space work only (the kernel's socket work is
+# the same for both: one read and one writev per request).
+#
+# It also prints how often V8 took its slow path for the tick objects of process.nextTick
+# (Runtime_DefineKeyedOwnPropertyInLiteral) per request: a process-wide state that some starts of a
+# large process fall into and others do not (see bench/README.md), which costs a server about 40,000
+# instructions per request when it happens.
+#
+#   bash bench/instructions.sh            (needs valgrind: apt-get install valgrind; run `npm run build` first)
+#   REQUESTS=3000 WARMUP=9000 KEEP=1 bash bench/instructions.sh   (KEEP: keep the callgrind files)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+REQUESTS=${REQUESTS:-3000}
+WARMUP=${WARMUP:-9000}
+command -v valgrind >/dev/null || { echo "bench/instructions.sh needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+[ -f "$ROOT/dist/cli.js" ] || { echo "build first: npm run build" >&2; exit 2; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup () { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; if [ -n "${KEEP:-}" ]; then echo "callgrind files kept in $WORK"; else rm -rf "$WORK"; fi; }
+trap cleanup EXIT
+
+free_port () { node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+
+# drive URL PATH AUTH N: N requests over 10 keep-alive connections; fails on any non-2xx answer.
+drive () {
+  node --input-type=module -e "
+    import autocannon from '$ROOT/node_modules/autocannon/autocannon.js'
+    autocannon({ url: '$1', connections: 10, amount: $4, requests: [{ method: 'GET', path: '$2', headers: { authorization: '$3' } }] }, (err, r) => {
+      if (err || r.non2xx > 0 || r.errors > 0) { console.error('drive: failed', err ?? r.statusCodeStats); process.exit(1) }
+    })"
+}
+
+# wait_http URL: until it answers (a server under valgrind takes a minute or so to start).
+wait_http () {
+  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.5; done
+  echo "no answer from $1" >&2; exit 1
+}
+
+# measure NAME PID URL PATH AUTH: warm up, then count the instructions of REQUESTS requests.
+measure () {
+  local name=$1 pid=$2 url=$3 path=$4 auth=$5
+  drive "$url" "$path" "$auth" "$WARMUP"
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  drive "$url" "$path" "$auth" "$REQUESTS"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  local file; file=$(ls -t "$WORK/$name.$pid".* | head -1)
+  local total; total=$(grep -m1 '^totals:\|^summary:' "$file" | awk '{print $2}')
+  # Calls into the runtime's DefineKeyedOwnPropertyInLiteral: the sum of its callers' call counts.
+  local calls; calls=$(callgrind_annotate --tree=caller --inclusive=yes --threshold=100 "$file" 2>/dev/null | awk '
+    /^$/ { if (hit) { print n; printed = 1; exit } n = 0; next }
+    /\* .*Runtime_DefineKeyedOwnPropertyInLiteral/ { hit = 1; next }
+    /< .*\([0-9,]+x\)/ { match($0, /\([0-9,]+x\)/); c = substr($0, RSTART + 1, RLENGTH - 3); gsub(",", "", c); n += c }
+    END { if (hit && !printed) print n }')
+  echo "$name $((total / REQUESTS)) $(( ${calls:-0} / REQUESTS ))"
+}
+
+CG=(valgrind --tool=callgrind --dump-instr=no)
+
+# The bare Fastify route of bench/servers/bare.js.
+BARE_PORT=$(free_port)
+PORT=$BARE_PORT "${CG[@]}" --callgrind-out-file="$WORK/bare.%p" node "$ROOT/bench/servers/bare.js" >"$WORK/bare.log" 2>&1 &
+BARE_PID=$!; PIDS+=("$BARE_PID")
+
+# Tollgate as `npm run bench` runs it (SQLite, limits far above what is sent, log level warn).
+TG_PORT=$(free_port)
+SECRET=$(node -e "console.log(require('crypto').randomBytes(24).toString('base64url'))")
+cat >"$WORK/tollgate.yaml" <<EOF
+server: { host: 127.0.0.1, port: $TG_PORT, trustProxy: false }
+issuer: http://127.0.0.1:$TG_PORT
+logLevel: warn
+rateLimits:
+  token:      { max: 1000000000, window: 1m }
+  perIp:      { max: 1000000000, window: 1m }
+  perSubject: { max: 1000000000, window: 1m }
+clients:
+  - { id: bench, secretEnv: BENCH_CLIENT_SECRET, scopes: [tools:call], audiences: [tool:echo], quota: { limit: 1000000000, window: 1d } }
+tools:
+  - { name: echo, url: "http://127.0.0.1:9/echo", audience: "tool:echo", scopes: [tools:call] }
+EOF
+TOLLGATE_DATA_DIR=$WORK/data TOLLGATE_LOG_LEVEL=warn BENCH_CLIENT_SECRET=$SECRET \
+  TOLLGATE_SECRET=$(node -e "console.log(require('crypto').randomBytes(32).toString('base64'))") \
+  "${CG[@]}" --callgrind-out-file="$WORK/tollgate.%p" node "$ROOT/dist/cli.js" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 &
+TG_PID=$!; PIDS+=("$TG_PID")
+
+wait_http "http://127.0.0.1:$BARE_PORT/bare"
+wait_http "http://127.0.0.1:$TG_PORT/health"
+TOKEN=$(curl -sf -u "bench:$SECRET" -d grant_type=client_credentials "http://127.0.0.1:$TG_PORT/token" | node -pe 'JSON.parse(require("fs").readFileSync(0)).access_token')
+AUTH="Bearer $TOKEN"
+
+echo "instructions per request (callgrind, $REQUESTS requests after $WARMUP warm-up), node $(node --version)"
+printf '%-28s %14s %28s\n' server instructions/req 'nextTick slow path calls/req'
+read -r _ BARE_IR BARE_SLOW < <(measure bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT" /bare "$AUTH")
+printf '%-28s %14s %28s\n' 'bare Fastify route' "$BARE_IR" "$BARE_SLOW"
+read -r _ TG_IR TG_SLOW < <(measure tollgate "$TG_PID" "http://127.0.0.1:$TG_PORT" /validate "$AUTH")
+printf '%-28s %14s %28s\n' 'GET /validate (lane)' "$TG_IR" "$TG_SLOW"
+node -e "console.log('validate_repeat/bare by instructions: ' + ($BARE_IR / $TG_IR).toFixed(2) + '   budget >= 0.80')"
