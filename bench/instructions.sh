@@ -53,13 +53,16 @@ measure () {
   local total; total=$(grep -m1 '^totals:\|^summary:' "$file" | awk '{print $2}')
   # The event loop's share (uv_run, inclusive): the main thread's work for the requests. The rest is
   # V8's background threads (concurrent compilation and GC), whose share varies from run to run.
-  local loop; loop=$(callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null | awk '/:uv_run \[/ { gsub(",", "", $1); print $1; exit }')
+  local loop; loop=$(callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null | awk '/:uv_run \[/ && !found { gsub(",", "", $1); print $1; found = 1 }')
   # Calls into the runtime's DefineKeyedOwnPropertyInLiteral: the sum of its callers' call counts.
   local calls; calls=$(callgrind_annotate --tree=caller --inclusive=yes --threshold=100 "$file" 2>/dev/null | awk '
-    /^$/ { if (hit) { print n; printed = 1; exit } n = 0; next }
+    printed { next }
+    /^$/ { if (hit) { print n; printed = 1 } n = 0; next }
     /\* .*Runtime_DefineKeyedOwnPropertyInLiteral/ { hit = 1; next }
     /< .*\([0-9,]+x\)/ { match($0, /\([0-9,]+x\)/); c = substr($0, RSTART + 1, RLENGTH - 3); gsub(",", "", c); n += c }
     END { if (hit && !printed) print n }')
+  # (No early exit in these awk programs: callgrind_annotate would die of SIGPIPE and, with
+  # pipefail, end the script.)
   echo "$name $(( ${loop:-0} / REQUESTS )) $((total / REQUESTS)) $(( ${calls:-0} / REQUESTS ))"
 }
 
