@@ -76,19 +76,7 @@ BARE_PID=$!; PIDS+=("$BARE_PID")
 # Tollgate as `npm run bench` runs it (SQLite, limits far above what is sent, log level warn).
 TG_PORT=$(free_port)
 SECRET=$(node -e "console.log(require('crypto').randomBytes(24).toString('base64url'))")
-cat >"$WORK/tollgate.yaml" <<EOF
-server: { host: 127.0.0.1, port: $TG_PORT, trustProxy: false }
-issuer: http://127.0.0.1:$TG_PORT
-logLevel: warn
-rateLimits:
-  token:      { max: 1000000000, window: 1m }
-  perIp:      { max: 1000000000, window: 1m }
-  perSubject: { max: 1000000000, window: 1m }
-clients:
-  - { id: bench, secretEnv: BENCH_CLIENT_SECRET, scopes: [tools:call], audiences: [tool:echo], quota: { limit: 1000000000, window: 1d } }
-tools:
-  - { name: echo, url: "http://127.0.0.1:9/echo", audience: "tool:echo", scopes: [tools:call] }
-EOF
+node "$ROOT/bench/tollgate-config.js" "$TG_PORT" http://127.0.0.1:9 >"$WORK/tollgate.yaml"
 TOLLGATE_DATA_DIR=$WORK/data TOLLGATE_LOG_LEVEL=warn BENCH_CLIENT_SECRET=$SECRET \
   TOLLGATE_SECRET=$(node -e "console.log(require('crypto').randomBytes(32).toString('base64'))") \
   "${CG[@]}" --callgrind-out-file="$WORK/tollgate.%p" node "$ROOT/dist/cli.js" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 &

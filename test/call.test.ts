@@ -16,6 +16,33 @@ function post (token: string | undefined, body: unknown): { method: 'POST', url:
 }
 
 
+t.test('a tool\'s own RateLimit fields never reach the caller, through the route or the lane', async t => {
+  const up = await startUpstream(t)
+  up.routes.set('/chat', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', ratelimit: '"forged";r=999;t=1', 'ratelimit-policy': '"forged";q=999;w=1' })
+    res.end('{}')
+  })
+  const { app, base } = await startApp(t, up, [{ name: 'chat' }], {
+    clients: [client('agent', { quota: { limit: 100, window: '1d' } }), client('unmetered')]
+  })
+  const metered = (await issue(app)).access_token as string
+  const unmetered = (await issue(app, {}, 'unmetered')).access_token as string
+  // The first call with a token goes through the route (which caches it), the second through the lane.
+  for (const path of ['route', 'lane']) {
+    const m = await request(`${base}/call`, { method: 'POST', headers: { ...CALL, authorization: `Bearer ${metered}` }, body: JSON.stringify({ tool: 'chat' }) })
+    await m.body.dump()
+    t.equal(m.statusCode, 200)
+    t.equal(m.headers['ratelimit-policy'], '"quota";q=100;w=86400', `${path}: metered: Tollgate's quota policy`)
+    t.match(String(m.headers.ratelimit), /^"quota";r=\d+;t=\d+$/, `${path}: metered: Tollgate's quota state`)
+    const u = await request(`${base}/call`, { method: 'POST', headers: { ...CALL, authorization: `Bearer ${unmetered}` }, body: JSON.stringify({ tool: 'chat' }) })
+    await u.body.dump()
+    t.equal(u.statusCode, 200)
+    t.equal(u.headers.ratelimit, undefined, `${path}: unmetered: no RateLimit`)
+    t.equal(u.headers['ratelimit-policy'], undefined, `${path}: unmetered: no RateLimit-Policy`)
+  }
+  t.equal(app.lanes.get('call')?.served, 2, 'the lane answered the second call of each token')
+})
+
 t.test('POST /call sends the exact body with a downstream token and clean headers', async t => {
   const up = await startUpstream(t)
   const { app, port, base } = await startApp(t, up, [{ name: 'chat' }])

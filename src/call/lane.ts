@@ -171,8 +171,6 @@ export function callLane (app: FastifyInstance, deps: Deps): (Lane & { served: n
     metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - sent) / 1e9)
     if (answer.statusCode >= 500) await refund()
     const out: OutgoingHttpHeaders = callerResponseHeaders(answer.headers)
-    delete out.ratelimit
-    delete out['ratelimit-policy']
     out['x-request-id'] = id
     if (usage !== undefined) Object.assign(out, quotaHeaders(usage))
     const status = answer.statusCode

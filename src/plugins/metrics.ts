@@ -3,6 +3,16 @@
 import fp from 'fastify-plugin'
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 
+/** The metric child bound to one label set, bound on first use. */
+function bound<T> (children: Map<string, T>, key: string, bind: () => T): T {
+  let child = children.get(key)
+  if (child === undefined) {
+    child = bind()
+    children.set(key, child)
+  }
+  return child
+}
+
 export class Metrics {
   readonly registry = new Registry()
   readonly tokensIssued = new Counter({ name: 'tollgate_tokens_issued_total', help: 'Access tokens issued, by grant type.', labelNames: ['grant_type'] as const, registers: [this.registry] })
@@ -26,32 +36,15 @@ export class Metrics {
   }
 
   observeRequest (method: string, route: string, statusCode: number, seconds: number): void {
-    const key = `${method} ${statusCode} ${route}`
-    let child = this.#durations.get(key)
-    if (child === undefined) {
-      child = this.requestDuration.labels({ method, route, status_code: String(statusCode) })
-      this.#durations.set(key, child)
-    }
-    child.observe(seconds)
+    bound(this.#durations, `${method} ${statusCode} ${route}`, () => this.requestDuration.labels({ method, route, status_code: String(statusCode) })).observe(seconds)
   }
 
   countCall (tool: string, statusCode: number): void {
-    const key = `${statusCode} ${tool}`
-    let child = this.#calls.get(key)
-    if (child === undefined) {
-      child = this.calls.labels({ tool, status: String(statusCode) })
-      this.#calls.set(key, child)
-    }
-    child.inc()
+    bound(this.#calls, `${statusCode} ${tool}`, () => this.calls.labels({ tool, status: String(statusCode) })).inc()
   }
 
   observeUpstream (tool: string, seconds: number): void {
-    let child = this.#upstream.get(tool)
-    if (child === undefined) {
-      child = this.upstreamDuration.labels({ tool })
-      this.#upstream.set(tool, child)
-    }
-    child.observe(seconds)
+    bound(this.#upstream, tool, () => this.upstreamDuration.labels({ tool })).observe(seconds)
   }
 }
 

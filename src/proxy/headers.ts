@@ -68,14 +68,17 @@ export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, ctx: Forw
   return out
 }
 
-/** The upstream's response headers without hop-by-hop fields, for the caller. */
+// Quota fields are Tollgate's to send: a tool's own never reach the caller.
+const GATEWAY_ANSWER = new Set(['ratelimit', 'ratelimit-policy'])
+
+/** The upstream's response headers for the caller: without hop-by-hop fields or the tool's RateLimit fields. */
 export function callerResponseHeaders (incoming: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const listed = connectionListed(incoming as IncomingHttpHeaders)
   const out: Record<string, string | string[]> = {}
   for (const name in incoming) {
     const value = incoming[name]
     if (value === undefined) continue
-    if (HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
+    if (HOP_BY_HOP.has(name) || GATEWAY_ANSWER.has(name) || listed?.has(name) === true) continue
     out[name] = value
   }
   return out

@@ -114,11 +114,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     }
     metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - started) / 1e9)
     if (answer.statusCode >= 500) await pipeline.settle(request, reply, true)
-    // The tool's headers without hop-by-hop fields; Tollgate's own (request id, quota) win over
-    // anything the tool sent under the same names, and the tool's quota fields never pass alone.
+    // The tool's headers (callerResponseHeaders); Tollgate's own (request id, quota) win over
+    // anything the tool sent under the same names.
     const headers: OutgoingHttpHeaders = callerResponseHeaders(answer.headers)
-    delete headers.ratelimit
-    delete headers['ratelimit-policy']
     Object.assign(headers, reply.getHeaders())
     headers['x-request-id'] = request.id
     reply.hijack()
