@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http'
 import proxyAddr from '@fastify/proxy-addr'
+import { pinTickObjectShape } from './tick-shape.js'
 
 /**
  * Returns false having read and written nothing, and Fastify takes the request; or returns true
@@ -80,9 +81,11 @@ export interface HttpServerOptions {
 
 /**
  * The node:http server Fastify would create for these options (fastify/lib/server.js), with the
- * lanes tried before Fastify's handler.
+ * lanes tried before Fastify's handler. It also pins the shape of Node's tick objects, which every
+ * request makes dozens of (src/tick-shape.ts).
  */
 export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, options: HttpServerOptions, lanes: readonly Lane[], onLaneError: (err: unknown) => void = () => {}): Server {
+  pinTickObjectShape()
   const server = createServer(options.http, (req, res) => {
     const fallback = (): void => { handler(req, res) }
     for (let i = 0; i < lanes.length; i++) {
