@@ -28,6 +28,9 @@ declare module 'fastify' {
   }
 }
 
+/** How many addresses and subjects the synchronous path keeps a built counter key for (each). */
+const MAX_CACHED_KEYS = 10_000
+
 /** The Store key of a limiter's counter; the adapter's prefix and the synchronous path agree on it. */
 function counterKey (namespace: string, key: string): string {
   return `rl:${namespace}:${key}`
@@ -78,12 +81,27 @@ export default fp(async function rateLimits (app: FastifyInstance) {
   const { store, clock } = app
   const ipWindow = limits.perIp.window * 1000
   const subjectWindow = limits.perSubject.window * 1000
+  // The lanes' counter keys, built once per address and subject: the strings a lane passes are the
+  // same objects request after request (a socket's address, a cached token's subject), so a lookup
+  // here reuses their hashes, and the store's map is then asked with the same key object, where a key
+  // built per request is a new string to hash in the store's map. Bounded: cleared when full.
+  const ipKeys = new Map<string, string>()
+  const subjectKeys = new Map<string, string>()
+  const keyOf = (keys: Map<string, string>, namespace: string, value: string): string => {
+    let key = keys.get(value)
+    if (key === undefined) {
+      if (keys.size >= MAX_CACHED_KEYS) keys.clear()
+      key = counterKey(namespace, value)
+      keys.set(value, key)
+    }
+    return key
+  }
   const takeSync = (ip: string, sub: string): boolean => {
     if (store.takeCountersSync === undefined) return false
     try {
       return store.takeCountersSync([
-        { key: counterKey('ip', ip), windowMs: ipWindow, max: limits.perIp.max },
-        { key: counterKey('subject', sub), windowMs: subjectWindow, max: limits.perSubject.max }
+        { key: keyOf(ipKeys, 'ip', ip), windowMs: ipWindow, max: limits.perIp.max },
+        { key: keyOf(subjectKeys, 'subject', sub), windowMs: subjectWindow, max: limits.perSubject.max }
       ], clock())
     } catch {
       return false

@@ -61,8 +61,8 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
   const { tokens, limiters, metrics, log } = app
   const ip = clientAddress(app.config.server.trustProxy as TrustProxy)
   const decisions = new WeakMap<Principal, Decision | null>()
-  const allowedCount = metrics.validations.labels({ endpoint: 'forward_auth', result: 'allowed' })
-  const duration = metrics.requestDuration.labels({ method: 'GET', route: '/validate', status_code: '200' })
+  const allowedCount = metrics.validationCount('forward_auth', 'allowed')
+  const duration = metrics.requestDuration.series('GET', '/validate', '200')
 
   const lane = (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = req.url as string
@@ -93,16 +93,18 @@ export function forwardAuthLane (app: FastifyInstance): Lane & { served: number 
     const started = performance.now()
     const id = requestId(req)
     allowedCount.inc()
-    res.writeHead(200, {
-      'x-request-id': id,
-      'x-auth-subject': decision.subject,
-      'x-auth-client-id': decision.clientId,
-      'x-auth-scope': decision.scope,
-      'x-auth-audience': decision.audience,
-      'cache-control': 'no-store',
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': decision.length
-    })
+    // A flat [name, value, ...] list: node:http walks it by index, where an object costs a keyed
+    // lookup and an own-property check per header.
+    res.writeHead(200, [
+      'x-request-id', id,
+      'x-auth-subject', decision.subject,
+      'x-auth-client-id', decision.clientId,
+      'x-auth-scope', decision.scope,
+      'x-auth-audience', decision.audience,
+      'cache-control', 'no-store',
+      'content-type', 'application/json; charset=utf-8',
+      'content-length', decision.length
+    ])
     res.end(decision.body)
     const elapsed = performance.now() - started
     duration.observe(elapsed / 1000)
