@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // Entry point of the `tollgate` bin: runs a command and turns a config error into one line.
+import './tick-shape-early.js'
 import { main } from './commands.js'
 import { ConfigError } from './config.js'
 

@@ -14,7 +14,9 @@
 //
 // Holding one tick object keeps its map, and through the maps' back pointers the whole chain,
 // alive, so every later tick object gets the same maps and the caches stay monomorphic. The object is
-// taken once, from the public async_hooks init hook, which is enabled for one nextTick only.
+// taken once, from the public async_hooks init hook, which is enabled for one nextTick only: by the
+// CLI before anything else loads (tick-shape-early.ts), and by createHttpServer for a server built
+// in a process of its own (the second call does nothing).
 import { createHook } from 'node:async_hooks'
 
 let pinned: object | undefined
