@@ -11,6 +11,7 @@ app.removeAllContentTypeParsers()
 // Stream the body through unparsed, as a proxy does.
 app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 app.post('/call', (_request, reply) => { reply.from('/echo') })
-await app.listen({ host: '127.0.0.1', port: 0 })
+// PORT: for bench/instructions.sh, which runs it under valgrind without an IPC channel.
+await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
 process.send?.({ port: app.server.address().port })
 process.on('disconnect', () => { app.close().then(() => process.exit(0)) })

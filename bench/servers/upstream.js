@@ -12,5 +12,6 @@ const server = createServer((req, res) => {
   })
 })
 server.keepAliveTimeout = 65_000
-server.listen(0, '127.0.0.1', () => { process.send?.({ port: server.address().port }) })
+// PORT: for bench/instructions.sh, which starts it without an IPC channel.
+server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => { process.send?.({ port: server.address().port }) })
 process.on('disconnect', () => { process.exit(0) })
