@@ -126,31 +126,31 @@ export class Metrics {
   readonly upstreamDuration = new SeriesHistogram('tollgate_upstream_duration_seconds', 'Upstream response time (to headers), by tool.', ['tool'], [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], this.registry)
   readonly requestDuration = new SeriesHistogram('tollgate_http_request_duration_seconds', 'HTTP request duration, by method, route and status code.', ['method', 'route', 'status_code'], [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], this.registry)
 
-  // Label sets seen on the hot paths, bound once.
-  readonly #durations = new Map<string, HistogramSeries>()
+  // The calls counter's children, by status and tool.
   readonly #calls = new Map<string, CountChild>()
 
   constructor () {
     collectDefaultMetrics({ register: this.registry, prefix: 'tollgate_' })
   }
 
-  /** A validations child for one label set (the lanes bind theirs once). */
-  validationCount (endpoint: string, result: string): CountChild {
-    const child = new CountChild({ endpoint, result })
-    this.#countChildren.validations.push(child)
+  /** A new child of a folding counter, for one label set. */
+  #countChild (children: CountChild[], labels: Labels): CountChild {
+    const child = new CountChild(labels)
+    children.push(child)
     return child
   }
 
+  /** A validations child for one label set (the lanes bind theirs once). */
+  validationCount (endpoint: string, result: string): CountChild {
+    return this.#countChild(this.#countChildren.validations, { endpoint, result })
+  }
+
   observeRequest (method: string, route: string, statusCode: number, seconds: number): void {
-    bound(this.#durations, `${method} ${statusCode} ${route}`, () => this.requestDuration.series(method, route, String(statusCode))).observe(seconds)
+    this.requestDuration.series(method, route, String(statusCode)).observe(seconds)
   }
 
   countCall (tool: string, statusCode: number): void {
-    bound(this.#calls, `${statusCode} ${tool}`, () => {
-      const child = new CountChild({ tool, status: String(statusCode) })
-      this.#countChildren.calls.push(child)
-      return child
-    }).inc()
+    bound(this.#calls, `${statusCode} ${tool}`, () => this.#countChild(this.#countChildren.calls, { tool, status: String(statusCode) })).inc()
   }
 
   observeUpstream (tool: string, seconds: number): void {
