@@ -4,9 +4,12 @@
 import formbody from '@fastify/formbody'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
-import { createHttpServer, requestId, type CountedLane, type Lane } from './http.js'
+import { createHttpServer, requestId } from './http.js'
+import { logDestination } from './log-destination.js'
+import { createContext, type RequestContext } from './pipeline/index.js'
+import accessLogPlugin from './plugins/access-log.js'
 import authPlugin from './plugins/auth.js'
 import corePlugin, { type CoreOptions } from './plugins/core.js'
 import errorsPlugin from './plugins/errors.js'
@@ -15,8 +18,6 @@ import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
-import { forwardAuthLane } from './routes/forward-auth-lane.js'
-import { laneRequestId } from './call/lane.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
 import quotaRoutes from './routes/quota.js'
@@ -27,19 +28,15 @@ import validateRoutes from './routes/validate.js'
 import { addSharedSchemas } from './schemas/index.js'
 
 export interface BuildOptions extends Omit<CoreOptions, 'config'> {
-  /** Fastify logger option; defaults to JSON logs at the configured level with redaction. */
+  /** Fastify logger option; defaults to JSON logs at the configured level with redaction, written to stdout through a buffered asynchronous destination. */
   logger?: FastifyServerOptions['logger']
   loggerInstance?: FastifyServerOptions['loggerInstance']
-  /** The lanes ahead of Fastify's router (src/http.ts): forward auth and POST /call; on unless false. */
-  lanes?: boolean
 }
 
 declare module 'fastify' {
-  interface FastifyInstance {
-    /** Adds a lane ahead of the router (a no-op when lanes are off). */
-    addLane: (name: string, lane: CountedLane) => void
-    /** The running lanes by name, with how many requests each answered (and handed over). */
-    lanes: ReadonlyMap<string, CountedLane>
+  interface FastifyRequest {
+    /** The pipeline's state for this request (src/pipeline/context.ts), made when it arrives. */
+    ctx: RequestContext
   }
 }
 
@@ -94,7 +91,6 @@ class LazyLogger {
 }
 
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
-  const lanes: Lane[] = []
   const http = {
     headersTimeout: config.server.headersTimeout * 1000,
     requestTimeout: config.server.requestTimeout * 1000,
@@ -113,14 +109,16 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     keepAliveTimeout: config.server.keepAliveTimeout * 1000,
     connectionTimeout: config.server.requestTimeout * 1000,
     requestIdHeader: false,
-    genReqId: (req) => laneRequestId(req) ?? requestId(req),
-    // The server Fastify would build, with the lanes in front of its handler.
+    genReqId: requestId,
+    // Fastify's two lines per request are replaced by one access-log line (plugins/access-log.ts).
+    logController: new LogController({ disableRequestLogging: true }),
+    // The server Fastify would build, with the header deadlines above (not Fastify options).
     serverFactory: (handler) => createHttpServer(handler, {
       http,
       keepAliveTimeout: config.server.keepAliveTimeout * 1000,
       requestTimeout: config.server.requestTimeout * 1000,
       connectionTimeout: config.server.requestTimeout * 1000
-    }, lanes, (err) => { app.log.error({ err }, 'lane failed') }),
+    }),
     routerOptions: { maxParamLength: 2048 },
     // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }
@@ -128,26 +126,23 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   // Request loggers are created lazily: most requests never write a line at the configured level,
   // and a pino child (bindings serialised, redaction set up) per request is measurable.
   fastifyOptions.childLoggerFactory = (logger, bindings, opts) => new LazyLogger(logger, bindings, opts) as unknown as FastifyBaseLogger
+  const destination = options.loggerInstance === undefined && options.logger === undefined ? logDestination() : undefined
   if (options.loggerInstance !== undefined) fastifyOptions.loggerInstance = options.loggerInstance
-  else fastifyOptions.logger = options.logger ?? loggerOptions(config)
+  else fastifyOptions.logger = options.logger ?? { ...loggerOptions(config) as object, stream: destination?.stream }
   const app = Fastify(fastifyOptions)
-
-  const named = new Map<string, CountedLane>()
-  app.decorate('lanes', named)
-  // Closing: from here on Fastify answers every request (503 while it drains).
-  app.addHook('preClose', (done) => { lanes.length = 0; done() })
-  app.decorate('addLane', (name: string, lane: CountedLane) => {
-    if (options.lanes === false) return
-    lanes.push(lane)
-    named.set(name, lane)
-  })
+  // The buffered log lines reach stdout when the app closes (and close-with-grace closes it on a
+  // signal or a fatal error: src/server.ts).
+  if (destination !== undefined) app.addHook('onClose', (_app, done) => { destination.close(); done() })
 
   // Bodies are forms or JSON (and raw streams on /call, which registers its own parser): any
   // other media type is 415, not a string handed to a handler.
   app.removeContentTypeParser('text/plain')
 
-  // Callback style: this runs on every request, and an async hook costs a promise per call.
+  // Every request gets its id header and its pipeline context first. Callback style: this runs on
+  // every request, and an async hook costs a promise per call.
+  app.decorateRequest('ctx', null as unknown as RequestContext)
   app.addHook('onRequest', (request, reply, done) => {
+    request.ctx = createContext(request.id, request.ip)
     reply.header('x-request-id', request.id)
     done()
   })
@@ -159,6 +154,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(rateLimitPlugin)
   await app.register(authPlugin)
   await app.register(lifecyclePlugin)
+  await app.register(accessLogPlugin)
 
   addSharedSchemas(app)
   await app.register(swagger, {
@@ -200,8 +196,6 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(callRoutes)
   await app.register(quotaRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
-  // The lanes count rate limits synchronously, which a store in this process (SQLite) allows.
-  if (app.store.takeCountersSync !== undefined) app.addLane('forward-auth', forwardAuthLane(app))
 
   return app
 }

@@ -89,6 +89,8 @@ export const ConfigSchema = Type.Object({
   issuer: Type.String({ minLength: 1, default: 'http://localhost:8080' }),
   dataDir: Type.String({ minLength: 1, default: './data' }),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  /** One JSON line per request at `info` (src/plugins/access-log.ts); false turns it off. */
+  accessLog: Type.Boolean({ default: true }),
   store: Type.Object({
     sqlite: Type.Optional(Type.String({ minLength: 1 })),
     /** redis://, rediss://, redis+sentinel://host:port,.../master, redis+cluster://host:port,... */

@@ -47,10 +47,10 @@ export async function authenticateClient (request: FastifyRequest, clients: Clie
     ? { id: body.client_id, secret: body.client_secret }
     : undefined)
   if (creds === undefined) {
-    if (body.client_id !== undefined) request.auditClientId = body.client_id
+    if (body.client_id !== undefined) request.ctx.clientId = body.client_id
     throw new InvalidClient('client authentication required')
   }
-  request.auditClientId = creds.id
+  request.ctx.clientId = creds.id
   const client = await clients.authenticate(creds.id, creds.secret)
   if (client === undefined) throw new InvalidClient()
   return client

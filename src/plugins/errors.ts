@@ -14,10 +14,6 @@ declare module 'fastify' {
     /** Forward-auth route: a proxy understands only 2xx, 401 and 403. */
     forwardAuth?: boolean
   }
-  interface FastifyRequest {
-    /** The client id a request claimed, for audit lines (set once parsed, verified or not). */
-    auditClientId?: string
-  }
 }
 
 const FASTIFY_CODES: Record<string, [number, ErrorCode]> = {
@@ -78,7 +74,7 @@ export default fp(async function errors (app) {
       request.log.warn({ code: err.code, cause: (err.cause as Error | undefined)?.message }, err.message)
     }
     if (request.routeOptions.config?.oauth === true) {
-      request.log.info({ audit: 'oauth.refused', route: request.routeOptions.url, client_id: request.auditClientId, error: err.code, reason: err.message }, 'request refused')
+      request.log.info({ audit: 'oauth.refused', route: request.routeOptions.url, client_id: request.ctx?.clientId, error: err.code, reason: err.message }, 'request refused')
       app.metrics?.tokensRefused.inc({ error: err.code })
     }
     return sendError(request, reply, err)

@@ -7,26 +7,25 @@ import rateLimit, { type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { RateLimited, StoreUnavailable } from '../errors.js'
+import type { Limiters } from '../pipeline/index.js'
 import type { Store } from '../store/index.js'
 
-export type Limiter = (request: FastifyRequest) => Promise<void>
+/** An onRequest hook that counts the request against the per-IP limit of the OAuth endpoints. */
+export type RequestLimiter = (request: FastifyRequest) => Promise<void>
 
 declare module 'fastify' {
   interface FastifyInstance {
-    limiters: {
-      token: Limiter
-      perIp: Limiter
-      perSubject: Limiter
-      /**
-       * Counts one request against the per-IP and per-subject limits without a promise, when the
-       * store keeps its counters in this process and both limits have room: true when counted.
-       * Otherwise (a shared store, a limit reached, a store error) nothing is counted, it is false,
-       * and the caller goes through perIp and perSubject, which count, refuse and say why.
-       */
-      takeSync: (ip: string, sub: string) => boolean
-    }
+    limiters: Limiters & { token: RequestLimiter }
   }
 }
+
+/**
+ * What @fastify/rate-limit's check reads of the "request" it is given: our keyGenerator's input,
+ * and routeOptions.config for its groupId. The limits are keyed by strings the pipeline knows
+ * (an address, a subject), not by a Fastify request.
+ */
+interface Keyed { key: string, routeOptions: { config: Record<string, never> } }
+const NO_ROUTE = { config: {} }
 
 /** How many addresses and subjects the synchronous path keeps a built counter key for (each). */
 const MAX_CACHED_KEYS = 10_000
@@ -65,10 +64,10 @@ export default fp(async function rateLimits (app: FastifyInstance) {
     skipOnError: limits.onStoreError === 'fail-open'
   })
 
-  const make = (name: string, limit: { max: number, window: number }, key: (r: FastifyRequest) => string): Limiter => {
-    const check = app.createRateLimit({ max: limit.max, timeWindow: limit.window * 1000, keyGenerator: key, nameSpace: name } as any)
-    return async (request) => {
-      const result = await check(request)
+  const make = (name: string, limit: { max: number, window: number }): (key: string) => Promise<void> => {
+    const check = app.createRateLimit({ max: limit.max, timeWindow: limit.window * 1000, keyGenerator: (r: Keyed) => r.key, nameSpace: name } as any)
+    return async (key) => {
+      const result = await check({ key, routeOptions: NO_ROUTE } as Keyed as unknown as FastifyRequest)
       if (!result.isAllowed && result.isExceeded) {
         app.metrics.rejections.inc({ reason: `rate_limited_${name}` })
         const err = new RateLimited(result.ttlInSeconds, `rate limit exceeded (${name})`)
@@ -81,10 +80,9 @@ export default fp(async function rateLimits (app: FastifyInstance) {
   const { store, clock } = app
   const ipWindow = limits.perIp.window * 1000
   const subjectWindow = limits.perSubject.window * 1000
-  // The lanes' counter keys, built once per address and subject: the strings a lane passes are the
-  // same objects request after request (a socket's address, a cached token's subject), so a lookup
-  // here reuses their hashes, and the store's map is then asked with the same key object, where a key
-  // built per request is a new string to hash in the store's map. Bounded: cleared when full.
+  // The synchronous path's counter keys, built once per address and subject: a lookup here is
+  // cheaper than building `rl:ip:<address>` per request, and the store's map is then asked with the
+  // same key object. Bounded: cleared when full.
   const ipKeys = new Map<string, string>()
   const subjectKeys = new Map<string, string>()
   const keyOf = (keys: Map<string, string>, namespace: string, value: string): string => {
@@ -107,10 +105,11 @@ export default fp(async function rateLimits (app: FastifyInstance) {
       return false
     }
   }
+  const token = make('token', limits.token)
   app.decorate('limiters', {
-    token: make('token', limits.token, r => r.ip),
-    perIp: make('ip', limits.perIp, r => r.ip),
-    perSubject: make('subject', limits.perSubject, r => r.principal?.sub ?? `ip:${r.ip}`),
+    token: async (request: FastifyRequest) => { await token(request.ip) },
+    perIp: make('ip', limits.perIp),
+    perSubject: make('subject', limits.perSubject),
     takeSync
   })
 }, { name: 'tollgate-rate-limits', dependencies: ['tollgate-core', 'tollgate-metrics'] })

@@ -175,7 +175,7 @@ export class WebSocketRelay {
       if (this.clock() >= expMs) reason = 'token expired'
       else if (this.tokens.revocations.denies(principal.claims)) reason = 'token revoked'
       if (reason === undefined) return
-      request.log.info({ audit: 'call.ws.closed', tool: request.call?.tool.name, sub: principal.sub, jti: principal.jti, reason }, 'websocket closed')
+      request.log.info({ audit: 'call.ws.closed', tool: request.ctx.tool?.name, sub: principal.sub, jti: principal.jti, reason }, 'websocket closed')
       client.close(1008, reason)
       upstream.close(1008, reason)
     }

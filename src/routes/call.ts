@@ -4,29 +4,23 @@
 // audit line for each refused call. The tools, pools and downstream-token cache live here because
 // only these routes use them; they are built (and the tool list validated) at registration.
 import type { SwaggerTransform } from '@fastify/swagger'
-import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, HookHandlerDoneFunction } from 'fastify'
 import { Type } from 'typebox'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
-import { callLane, handoffOf } from '../call/lane.js'
-import { createPipeline, refusalReason } from '../call/pipeline.js'
+import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival } from '../pipeline/index.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
 import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
 import { headers, problem, response } from '../schemas/index.js'
-import type { Principal } from '../tokens/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
 import type { OutgoingHttpHeaders } from 'node:http'
-import { Readable } from 'node:stream'
+import type { Readable } from 'node:stream'
 
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** The raw bytes of a POST /call body, sent upstream unchanged. */
-    rawBody?: Buffer
-    /** The checked upstream path and query of a pass-through call. */
-    upstreamPath?: string
-  }
+/** Why a call was refused, for the audit line and the rejections metric. */
+export function refusalReason (err: unknown): string {
+  return err instanceof TollgateError ? err.code : 'internal_error'
 }
 
 const PASS_THROUGH_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
@@ -73,24 +67,64 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const downstream = new DownstreamTokens(app.tokens, app.clock)
   const relay = new WebSocketRelay(app, app.tokens, app.clock)
   relay.listen()
-  const pipeline = createPipeline(app, { tools, downstream, subprotocolToken })
-  const lane = callLane(app, { tools, upstreams, downstream })
-  if (lane !== undefined) app.addLane('call', lane)
   const bodyLimit = app.config.server.bodyLimit
-  const { metrics } = app
+  const { metrics, tokens, limiters, quotas } = app
+
+  /** How the request reached Tollgate, for the upstream's forwarding fields. */
+  const arrival = (request: FastifyRequest): Arrival => {
+    const ips = request.ips
+    return {
+      headers: request.headers,
+      peerIp: request.socket.remoteAddress ?? request.ip,
+      // proxy-addr lists the peer and then every trusted hop: more than one means the peer is a
+      // trusted proxy that sent X-Forwarded-For.
+      trustedPeer: ips !== undefined && ips.length > 1,
+      proto: request.protocol,
+      host: request.host
+    }
+  }
+
+  // ---- The stages as Fastify hooks (docs/architecture.md), in the contract's order (CONTRACT
+  // §5): 401 token, 404 tool, 401 audience, 403 scope, 429 rate (IP, then subject), 429 quota.
+
+  /** onRequest: authenticate (Authorization; for a WebSocket handshake also the `bearer.` subprotocol). */
+  const authenticateCall = (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void => {
+    try {
+      const authorization = request.headers.authorization
+      authenticate(tokens, request.ctx, authorization, authorization === undefined ? subprotocolToken(request) : undefined)
+    } catch (err) {
+      done(err as Error)
+      return
+    }
+    done()
+  }
+
+  /** preHandler: limit → meter, after authorize (and, for a pass-through, the path check). */
+  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool): Promise<void> => {
+    await limit(limiters, request.ctx)
+    const quotaFields = await meter(quotas, request.ctx, tool.cost)
+    if (quotaFields !== undefined) reply.headers(quotaFields)
+  }
+
+  /** settle with the reply still Fastify's: a refund updates the RateLimit fields of the answer. */
+  const settleReply = async (request: FastifyRequest, reply: FastifyReply | undefined, failed: boolean): Promise<void> => {
+    const quotaFields = await settle(quotas, request.ctx, failed, request.log)
+    if (quotaFields !== undefined && reply !== undefined && !reply.sent) reply.headers(quotaFields)
+  }
 
   // Audit and metrics for every refusal on these routes (never the token itself).
   app.addHook('onError', async (request, _reply, error) => {
     const reason = refusalReason(error)
-    const p = request.principal
-    const tool = request.call?.tool.name ?? (request.params as { tool?: string } | undefined)?.tool ?? (request.body as { tool?: unknown } | undefined)?.tool
+    const ctx = request.ctx
+    const p = ctx.principal
+    const tool = ctx.tool?.name ?? (request.params as { tool?: string } | undefined)?.tool ?? (request.body as { tool?: unknown } | undefined)?.tool
     request.log.info({ audit: 'call.refused', tool: typeof tool === 'string' ? tool.slice(0, 64) : undefined, client_id: p?.clientId, sub: p?.sub, jti: p?.jti, reason }, 'call refused')
     // Rate-limit refusals are counted by the limiters; upstream failures are not refusals.
     if (reason !== 'rate_limited' && !reason.startsWith('upstream_')) metrics.rejections.inc({ reason })
   })
   app.addHook('onResponse', (request, reply, done) => {
-    const call = request.call
-    if (call !== undefined) metrics.countCall(call.tool.name, reply.statusCode)
+    const tool = request.ctx.tool
+    if (tool !== undefined && reply.statusCode !== 101) metrics.countCall(tool.name, reply.statusCode)
     done()
   })
 
@@ -103,17 +137,14 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const started = process.hrtime.bigint()
     let answer
     try {
-      // A request the call lane handed over has been sent once already: its failure is the answer.
-      const failed = handoffOf(request.raw)?.upstreamError
-      if (failed !== undefined) throw failed
       answer = await upstreams.send(tool, req)
     } catch (err) {
       const e = translate(err)
-      if (e instanceof UpstreamUnavailable || e instanceof UpstreamTimeout) await pipeline.settle(request, reply, true)
+      if (e instanceof UpstreamUnavailable || e instanceof UpstreamTimeout) await settleReply(request, reply, true)
       throw e
     }
     metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - started) / 1e9)
-    if (answer.statusCode >= 500) await pipeline.settle(request, reply, true)
+    if (answer.statusCode >= 500) await settleReply(request, reply, true)
     // The tool's headers (callerResponseHeaders); Tollgate's own (request id, quota) win over
     // anything the tool sent under the same names.
     const headers: OutgoingHttpHeaders = callerResponseHeaders(answer.headers)
@@ -122,7 +153,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     reply.hijack()
     // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
     // away is not.
-    answer.relayTo(reply.raw, headers, () => { pipeline.settle(request, undefined, true).catch(() => {}) })
+    answer.relayTo(reply.raw, headers, () => { settleReply(request, undefined, true).catch(() => {}) })
     return reply
   }
 
@@ -131,7 +162,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     scope.removeAllContentTypeParsers()
     const parseJson = scope.getDefaultJsonParser('error', 'error')
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
-      request.rawBody = body as Buffer
+      request.ctx.body = body as Buffer
       parseJson(request, (body as Buffer).toString('utf8'), done)
     })
     scope.post('/call', {
@@ -144,26 +175,21 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         body: CallRequestSchema,
         response: { 200: toolAnswer, ...errorResponses }
       },
-      onRequest: pipeline.authenticate,
-      // A request the call lane read and handed over: its body again, from the bytes it kept.
-      preParsing: (request, _reply, payload, done) => {
-        const handoff = handoffOf(request.raw)
-        done(null, handoff !== undefined ? Readable.from([handoff.body]) : payload)
-      },
-      // One hook for the pipeline's checks, in its order: a hook per stage costs a promise and a
-      // dispatch on every call.
+      onRequest: authenticateCall,
+      // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
+      // promise and a dispatch on every call.
       preHandler: async (request, reply) => {
-        pipeline.authorize(request, (request.body as { tool: string }).tool)
-        await pipeline.limit(request)
-        await pipeline.meter(request, reply)
+        const tool = authorizeTool(tools, request.ctx, (request.body as { tool: string }).tool)
+        await limitAndMeter(request, reply, tool)
       }
     }, async (request, reply) => {
-      const tool = request.call?.tool as Tool
+      const ctx = request.ctx
+      const tool = ctx.tool as Tool
       return await forward(request, reply, tool, {
         method: 'POST',
         path: tool.url.pathname,
-        headers: pipeline.relay(request, tool),
-        body: request.rawBody ?? null
+        headers: relayHeaders(downstream, ctx, tool, arrival(request)),
+        body: ctx.body ?? null
       })
     })
   })
@@ -175,21 +201,22 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     scope.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
     const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-      const tool = pipeline.authorize(request, (request.params as { tool: string }).tool)
+      const ctx = request.ctx
+      const tool = authorizeTool(tools, ctx, (request.params as { tool: string }).tool)
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
-      request.upstreamPath = upstreamPath(tool, rest, search)
-      await pipeline.limit(request)
-      await pipeline.meter(request, reply)
+      ctx.upstreamPath = upstreamPath(tool, rest, search)
+      await limitAndMeter(request, reply, tool)
     }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
-      const tool = request.call?.tool as Tool
-      const path = request.upstreamPath as string
+      const ctx = request.ctx
+      const tool = ctx.tool as Tool
+      const path = ctx.upstreamPath as string
       if (isUpgrade(request)) {
         try {
-          await relay.relay(request, reply, { tool, path, headers: pipeline.relay(request, tool, { websocket: true }), principal: request.principal as Principal })
+          await relay.relay(request, reply, { tool, path, headers: relayHeaders(downstream, ctx, tool, arrival(request), { websocket: true }), principal: principalOf(ctx) })
         } catch (err) {
-          await pipeline.settle(request, reply, true)
+          await settleReply(request, reply, true)
           throw err
         }
         metrics.countCall(tool.name, 101)
@@ -204,12 +231,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       return await forward(request, reply, tool, {
         method: request.method as UpstreamRequest['method'],
         path,
-        headers: pipeline.relay(request, tool),
+        headers: relayHeaders(downstream, ctx, tool, arrival(request)),
         body
       })
     }
     const options = {
-      onRequest: pipeline.authenticate,
+      onRequest: authenticateCall,
       preHandler
     }
     // One route per method so each gets its own operationId in the OpenAPI document (HEAD comes

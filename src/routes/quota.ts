@@ -6,7 +6,7 @@ import { Type } from 'typebox'
 import { StoreUnavailable } from '../errors.js'
 import { quotaHeaders } from '../quota/index.js'
 import { headers, problem, response } from '../schemas/index.js'
-import type { Principal } from '../tokens/index.js'
+import { principalOf } from '../pipeline/index.js'
 
 const NullableInt = (description: string) => Type.Union([Type.Integer(), Type.Null()], { description })
 
@@ -33,7 +33,7 @@ export default async function quotaRoutes (app: FastifyInstance): Promise<void> 
     },
     onRequest: app.authenticate
   }, async (request, reply) => {
-    const p = request.principal as Principal
+    const p = principalOf(request.ctx)
     reply.header('cache-control', 'no-store')
     const quota = p.claims.quota
     if (quota === undefined) return { sub: p.sub, limit: null, used: null, remaining: null, window: null, reset: null }

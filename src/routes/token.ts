@@ -23,8 +23,6 @@ export interface GrantResult {
 
 export type Grant = (app: FastifyInstance, request: FastifyRequest, client: Client, body: Record<string, string | undefined>) => Promise<GrantResult>
 
-/** Grants by grant_type. Registered here; further grants are added by their own modules. */
-export const grants = new Map<string, Grant>()
 
 /** Requested values must be a subset of what is allowed; none requested means all allowed. */
 export function narrow (requested: string[] | undefined, allowed: readonly string[], error: 'invalid_scope' | 'invalid_target', what: string): string[] {
@@ -34,7 +32,8 @@ export function narrow (requested: string[] | undefined, allowed: readonly strin
   return requested
 }
 
-grants.set('client_credentials', async (app, _request, client, body) => {
+/** RFC 6749 §4.4. */
+const clientCredentialsGrant: Grant = async (app, _request, client, body) => {
   const scopes = narrow(spaceList(body.scope), client.scopes, 'invalid_scope', 'scope')
   const audiences = narrow(spaceList(body.audience), client.audiences, 'invalid_target', 'audience')
   if (audiences.length === 0) throw new OAuthError('invalid_target', 'the client has no audience to issue a token for')
@@ -55,7 +54,7 @@ grants.set('client_credentials', async (app, _request, client, body) => {
   const result: GrantResult = { issued: app.tokens.issue(request), ttl }
   if (fid !== undefined) result.refreshToken = await app.refreshTokens.start(client, result.issued)
   return result
-})
+}
 
 /** RFC 6749 §6, also served at POST /refresh: rotates the refresh token and mints an access token. */
 export const refreshGrant: Grant = async (app, request, client, body) => {
@@ -75,10 +74,9 @@ export const refreshGrant: Grant = async (app, request, client, body) => {
     throw err
   }
 }
-grants.set('refresh_token', refreshGrant)
 
 /** RFC 8693 token exchange. */
-grants.set(TOKEN_EXCHANGE_GRANT, async (app, request, client, body) => {
+const tokenExchangeGrant: Grant = async (app, request, client, body) => {
   let exchanged
   try {
     exchanged = await app.tokenExchange.exchange(client, {
@@ -97,7 +95,14 @@ grants.set(TOKEN_EXCHANGE_GRANT, async (app, request, client, body) => {
   request.log.info({ audit: 'token.exchanged', client_id: client.id, sub: claims.sub, jti: claims.jti, family_id: claims.fid, subject_issuer: exchanged.subjectIssuer, scope: claims.scope, aud: claims.aud }, 'token exchanged')
   // RFC 8693 §2.2.1: issued_token_type is required in the answer.
   return { issued: exchanged.issued, ttl: exchanged.ttl, issuedTokenType: ACCESS_TOKEN_TYPE }
-})
+}
+
+/** Grants by grant_type: fixed at load, read-only, the same for every app instance. */
+const GRANTS: ReadonlyMap<string, Grant> = new Map([
+  ['client_credentials', clientCredentialsGrant],
+  ['refresh_token', refreshGrant],
+  [TOKEN_EXCHANGE_GRANT, tokenExchangeGrant]
+])
 
 export function sendTokenResponse (app: FastifyInstance, request: FastifyRequest, reply: FastifyReply, client: Client, grantType: string, result: GrantResult): FastifyReply {
   const { claims } = result.issued
@@ -133,7 +138,7 @@ export default async function tokenRoutes (app: FastifyInstance): Promise<void> 
   }, async (request, reply) => {
     const body = request.body as Record<string, string | undefined>
     const grantType = body.grant_type as string
-    const grant = grants.get(grantType)
+    const grant = GRANTS.get(grantType)
     const client = await authenticateClient(request, app.clients)
     if (grant === undefined) throw new OAuthError('unsupported_grant_type', `grant_type ${grantType} is not supported`)
     const result = await grant(app, request, client, body)
