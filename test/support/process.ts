@@ -18,11 +18,11 @@ export interface Gateway {
   output: () => string
 }
 
-export async function startGateway (t: TestContext, options: { cwd: string, env?: Record<string, string>, args?: string[] }): Promise<Gateway> {
+export async function startGateway (t: TestContext, options: { cwd: string, env?: Record<string, string>, args?: string[], nodeArgs?: string[] }): Promise<Gateway> {
   if (!existsSync(CLI)) throw new Error('dist/cli.js is missing: run `npm run build` (npm test does)')
   const port = await freePort()
   let out = ''
-  const child = spawn(process.execPath, [CLI, 'serve', ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), CLI, 'serve', ...(options.args ?? [])], {
     cwd: options.cwd,
     env: { PATH: process.env.PATH ?? '', TOLLGATE_PORT: String(port), TOLLGATE_HOST: '127.0.0.1', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe']
