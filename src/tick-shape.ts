@@ -14,12 +14,21 @@
 //
 // Holding one tick object keeps its map, and through the maps' back pointers the whole chain,
 // alive, so every later tick object gets the same maps and the caches stay monomorphic. The object is
-// taken once, from the public async_hooks init hook, which is enabled for one nextTick only: by the
-// CLI before anything else loads (tick-shape-early.ts), and by createHttpServer for a server built
-// in a process of its own (the second call does nothing).
+// taken once, from the public async_hooks init hook, which is enabled for one nextTick only, by the
+// CLI before anything else loads (tick-shape-early.ts), and only on the V8 versions where
+// test/tick-shape.test.ts reproduces the problem (docs/tick-shape-repro.mjs is the standalone
+// reproduction). A program that builds the app itself may call pinTickObjectShape() first thing.
 import { createHook } from 'node:async_hooks'
 
 let pinned: object | undefined
+
+/** V8 versions (prefixes) on which the unpinned control goes megamorphic: Node 20.x and Node 24.x. */
+export const REPRODUCED_ON_V8 = ['11.3.', '13.6.'] as const
+
+/** Whether this process's V8 is one where the problem was reproduced. */
+export function tickShapeProblemReproduced (v8 = process.versions.v8): boolean {
+  return REPRODUCED_ON_V8.some(prefix => v8.startsWith(prefix))
+}
 
 /** Takes one tick object and holds it for the life of the process (once; later calls do nothing). */
 export function pinTickObjectShape (): void {

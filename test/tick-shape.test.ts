@@ -12,6 +12,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { tickShapeProblemReproduced } from '../src/tick-shape.js'
 
 // The built module (npm test builds first), so that the child is a plain Node with no loader.
 const MODULE = new URL('../dist/tick-shape.js', import.meta.url)
@@ -67,16 +68,16 @@ t.before(() => {
 t.test('with the shape pinned, tick objects keep one map chain through full collections', async (t) => {
   const fb = await literalFeedback(true)
   t.equal(fb.pinned, true, 'a tick object is held')
-  t.equal(fb.states.length, 4, 'four literal slots: async id, trigger id, callback, args')
-  t.same(fb.states, ['MONOMORPHIC', 'MONOMORPHIC', 'MONOMORPHIC', 'MONOMORPHIC'], 'every slot stays monomorphic')
+  t.ok(fb.states.length >= 4, `the literal's slots (${fb.states.length}) were read`)
+  t.same(fb.states, fb.states.map(() => 'MONOMORPHIC'), 'every slot stays monomorphic')
 })
 
 t.test('control: without the pin the same collections make the later slots megamorphic', async (t) => {
   const fb = await literalFeedback(false)
   t.equal(fb.pinned, false)
-  t.equal(fb.states.length, 4)
-  if (process.versions.v8.startsWith('11.3.')) {
-    t.same(fb.states.slice(1), ['MEGAMORPHIC', 'MEGAMORPHIC', 'MEGAMORPHIC'], `V8 ${process.versions.v8}: the maps die and the caches go megamorphic`)
+  t.ok(fb.states.length >= 4)
+  if (tickShapeProblemReproduced()) {
+    t.same(fb.states.slice(1), fb.states.slice(1).map(() => 'MEGAMORPHIC'), `V8 ${process.versions.v8}: the maps die and the caches go megamorphic`)
   } else {
     t.comment(`V8 ${process.versions.v8}: without the pin the slots are ${fb.states.join(', ')}`)
   }
@@ -87,4 +88,10 @@ t.test('pinning twice holds the first object and makes no second hook', async (t
   pinTickObjectShape()
   pinTickObjectShape()
   t.equal(tickObjectShapePinned(), true)
+})
+
+t.test('the pin is gated to the V8 versions where the control reproduces', async (t) => {
+  t.equal(tickShapeProblemReproduced('11.3.244.8-node.38'), true, 'Node 20')
+  t.equal(tickShapeProblemReproduced('13.6.233.17-node.63'), true, 'Node 24')
+  t.equal(tickShapeProblemReproduced('12.4.254.21-node.33'), false, 'Node 22: not reproduced here, not pinned')
 })
