@@ -7,6 +7,7 @@ import rateLimit, { type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { RateLimited, StoreUnavailable } from '../errors.js'
+import { limitKey } from '../limits/address.js'
 import type { Store } from '../store/index.js'
 
 export type Limiter = (request: FastifyRequest) => Promise<void>
@@ -91,7 +92,7 @@ export default fp(async function rateLimits (app: FastifyInstance) {
     let key = keys.get(value)
     if (key === undefined) {
       if (keys.size >= MAX_CACHED_KEYS) keys.clear()
-      key = counterKey(namespace, value)
+      key = counterKey(namespace, namespace === 'ip' ? limitKey(value, limits.ipv6Prefix) : value)
       keys.set(value, key)
     }
     return key
@@ -108,8 +109,8 @@ export default fp(async function rateLimits (app: FastifyInstance) {
     }
   }
   app.decorate('limiters', {
-    token: make('token', limits.token, r => r.ip),
-    perIp: make('ip', limits.perIp, r => r.ip),
+    token: make('token', limits.token, r => limitKey(r.ip, limits.ipv6Prefix)),
+    perIp: make('ip', limits.perIp, r => limitKey(r.ip, limits.ipv6Prefix)),
     perSubject: make('subject', limits.perSubject, r => r.principal?.sub ?? `ip:${r.ip}`),
     takeSync
   })
