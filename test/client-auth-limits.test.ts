@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { ConfigError, loadConfig } from '../src/config.js'
-import { CLIENT_SECRET, FORM, SECRET, basic, build, form, testConfig, type TestContext } from './helper.js'
+import { CLIENT_SECRET, FORM, SECRET, basic, build, form, issue, testConfig, type TestContext } from './helper.js'
 
 const WRONG = 'not-the-secret-at-all'
 
@@ -142,4 +142,23 @@ t.test('server.trustProxy: a hop count is a config error naming the key; address
   for (const ok of [false, true, '127.0.0.1', '10.0.0.0/8, ::1', ['loopback', '192.168.0.0/16']]) {
     t.doesNotThrow(() => load(ok), JSON.stringify(ok))
   }
+})
+
+t.test('the forward-auth lane counts a client on a dual-stack socket (::ffff:a.b.c.d) under its IPv4 address, as the route does', async t => {
+  const app = await build(t, testConfig(t, { rateLimits: { perIp: { max: 2, window: '1m' } } }))
+  await app.listen({ port: 0, host: '::' })
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/validate`
+  const authorization = `Bearer ${(await issue(app)).access_token as string}`
+  const routed = await app.inject({ method: 'GET', url: '/validate', remoteAddress: '127.0.0.1', headers: { authorization } })
+  t.equal(routed.statusCode, 200, 'counted once by the route, as 127.0.0.1')
+  const lane = app.lanes.get('forward-auth') as { served: number }
+  const served = lane.served
+  const second = await request(url, { headers: { authorization } })
+  await second.body.dump()
+  t.equal(second.statusCode, 200)
+  t.equal(lane.served, served + 1, 'answered by the lane, from ::ffff:127.0.0.1')
+  const third = await request(url, { headers: { authorization } })
+  await third.body.dump()
+  t.not(third.statusCode, 200, 'the third request from the same address is over the per-IP limit of 2')
+  t.ok(third.headers['retry-after'] !== undefined)
 })
