@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { ConfigError, loadConfig } from '../src/config.js'
+import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 import { CLIENT_SECRET, FORM, SECRET, basic, build, form, issue, testConfig, type TestContext } from './helper.js'
 
 const WRONG = 'not-the-secret-at-all'
@@ -161,4 +162,23 @@ t.test('the forward-auth lane counts a client on a dual-stack socket (::ffff:a.b
   await third.body.dump()
   t.not(third.statusCode, 200, 'the third request from the same address is over the per-IP limit of 2')
   t.ok(third.headers['retry-after'] !== undefined)
+})
+
+t.test('replicas on one Redis share the failure counters: a replica that has not seen the limit refuses from its next failure on', async t => {
+  const url = await testRedisUrl(t)
+  if (url === undefined) { t.pass('no Redis here: skipped'); return }
+  const prefix = uniquePrefix('failed-auth')
+  t.teardown(() => deletePrefix(url, prefix))
+  const replica = async (): Promise<any> => await build(t, testConfig(t, {
+    store: { redis: url, keyPrefix: prefix },
+    rateLimits: { token: { max: 10_000, window: '1m' }, failedAuthPerClient: { max: 3, window: '5m' }, failedAuthPerIp: { max: 1000, window: '5m' } }
+  }))
+  const a = await replica()
+  const b = await replica()
+  for (let i = 1; i <= 3; i++) t.equal((await token(a, 'agent', WRONG, `10.2.0.${i}`)).statusCode, 401)
+  t.equal((await token(a, 'agent', WRONG, '10.2.0.4')).statusCode, 429, 'replica a refuses past the limit')
+  t.equal((await token(b, 'agent', WRONG, '10.2.0.5')).statusCode, 401, 'replica b checks once more: the store has no read, its failure finds the count over the limit')
+  const before = b.clients.secretChecks.started
+  t.equal((await token(b, 'agent', WRONG, '10.2.0.6')).statusCode, 429, 'then refuses too')
+  t.equal(b.clients.secretChecks.started, before)
 })
