@@ -2,6 +2,7 @@
 // converts durations to seconds, applies defaults and validates everything with one TypeBox
 // schema. A bad value throws ConfigError with one line naming the key; it never lets a
 // half-valid config through.
+import proxyAddr from '@fastify/proxy-addr'
 import { randomBytes } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
@@ -120,6 +121,13 @@ export const ConfigSchema = Type.Object({
     token: Type.Intersect([Limit], { default: { max: 30, window: 60 } }),
     perIp: Type.Intersect([Limit], { default: { max: 600, window: 60 } }),
     perSubject: Type.Intersect([Limit], { default: { max: 300, window: 60 } }),
+    /** Failed client authentications (wrong secret, unknown client) per presented client id, and per client IP. */
+    failedAuthPerClient: Type.Intersect([Limit], { default: { max: 20, window: 300 } }),
+    failedAuthPerIp: Type.Intersect([Limit], { default: { max: 20, window: 300 } }),
+    /** Secret checks (scrypt) running at once; more wait in a short queue, then get 503. Keep below UV_THREADPOOL_SIZE (4). */
+    concurrentSecretChecks: Type.Integer({ minimum: 1, maximum: 64, default: 3 }),
+    /** Per-IP limits count an IPv6 client by its network of this prefix length. */
+    ipv6Prefix: Type.Integer({ minimum: 1, maximum: 128, default: 64 }),
     /** What rate limiting does when the store cannot be reached: refuse (503) or let requests through. */
     onStoreError: Type.Union([Type.Literal('fail-closed'), Type.Literal('fail-open')], { default: 'fail-closed' })
   }, { additionalProperties: false, default: {} }),
@@ -146,6 +154,7 @@ const DURATION_PATHS = [
   'keys.rotateAfter', 'keys.publishAhead', 'keys.jwksMaxAge',
   'tokens.accessTtl', 'tokens.refreshTtl', 'tokens.refreshIdleTtl', 'tokens.leeway', 'tokens.maxLifetime',
   'rateLimits.token.window', 'rateLimits.perIp.window', 'rateLimits.perSubject.window',
+  'rateLimits.failedAuthPerClient.window', 'rateLimits.failedAuthPerIp.window',
   'clients.*.accessTtl', 'clients.*.quota.window', 'tools.*.timeout'
 ]
 
@@ -260,6 +269,7 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
   } catch {
     throw new ConfigError('issuer', 'must be an http(s) URL')
   }
+  checkTrustProxy(config.server.trustProxy)
   if (config.tokens.accessTtl > config.tokens.maxLifetime) {
     throw new ConfigError('tokens.accessTtl', 'must not exceed tokens.maxLifetime')
   }
@@ -304,6 +314,23 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
       auth.value = value
     }
   })
+}
+
+/**
+ * A hop count is refused: Tollgate's own address resolution would trust no proxy for it, so every
+ * client behind the proxy would share the proxy's rate-limit buckets. Addresses are compiled here
+ * as Fastify compiles them, so a typo stops startup with the key named.
+ */
+function checkTrustProxy (trustProxy: Config['server']['trustProxy']): void {
+  if (typeof trustProxy === 'number') {
+    throw new ConfigError('server.trustProxy', 'a hop count is not supported: list the proxies\' addresses or CIDRs (e.g. [10.0.0.0/8]), or set true')
+  }
+  if (typeof trustProxy === 'boolean') return
+  try {
+    proxyAddr.compile(typeof trustProxy === 'string' ? trustProxy.split(',').map(s => s.trim()) : trustProxy)
+  } catch (err) {
+    throw new ConfigError('server.trustProxy', (err as Error).message)
+  }
 }
 
 /** A tool's base URL: absolute http(s), no credentials, no query or fragment. */

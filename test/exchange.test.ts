@@ -128,7 +128,7 @@ t.test('a trusted issuer\'s token (typ JWT, no client_id, no jti) is exchanged; 
   t.equal(res.statusCode, 200, res.body.error_description ?? 'exchanged')
   t.equal(res.body.issued_token_type, ACCESS)
   const claims = claimsOf(res.body.access_token)
-  t.match(claims, { iss: 'https://tollgate.test', sub: 'user-42', client_id: 'exchanger', act: { sub: 'exchanger' }, scope: 'tools:call' },
+  t.match(claims, { iss: 'https://tollgate.test', sub: 'https://idp.test#user-42', client_id: 'exchanger', act: { sub: 'exchanger' }, scope: 'tools:call' },
     'scope: what both the subject token (openid tools:call) and the client (tools:call tools:read) have')
   t.ok(claims.exp - claims.iat <= 300)
   t.equal(await forwardAuth(app, res.body.access_token), 200)
@@ -143,7 +143,7 @@ t.test('a trusted issuer\'s token (typ JWT, no client_id, no jti) is exchanged; 
   const res2 = await exchange(app, { subject_token: rsaToken, scope: 'tools:read', audience: 'tool:search' })
   t.equal(res2.statusCode, 200, res2.body.error_description ?? 'exchanged')
   const c2 = claimsOf(res2.body.access_token)
-  t.match(c2, { sub: 'user-7', scope: 'tools:read', aud: 'tool:search', act: { sub: 'exchanger', act: { sub: 'gateway' } } })
+  t.match(c2, { sub: 'https://idp.test#user-7', scope: 'tools:read', aud: 'tool:search', act: { sub: 'exchanger', act: { sub: 'gateway' } } })
   t.ok(c2.exp <= now + 60, 'never outlives the subject token')
   t.equal(idp.hits, 2, 'one fetch per max-age, not one per exchange')
 })

@@ -73,13 +73,13 @@ t.test('authorize and authorizeTool', async t => {
   const c = authenticated(app, token, ctx())
   t.equal(authorize(c, {}).sub, 'agent', 'nothing asked: allowed')
   t.equal(authorize(c, { audience: 'tool:chat', scopes: ['tools:call', 'tools:read'] }).sub, 'agent')
-  t.throws(() => authorize(c, { audience: 'tool:nope' }), { constructor: InvalidToken, code: 'invalid_token', statusCode: 401 }, 'RFC 6750: another resource\'s token is invalid_token')
-  t.throws(() => authorize(c, { scopes: ['tools:call', 'tools:admin'] }), { constructor: InsufficientScope, statusCode: 403, requiredScope: 'tools:call tools:admin' })
+  t.throws(() => authorize(c, { audience: 'tool:nope' }), { name: 'InvalidToken', code: 'invalid_token', statusCode: 401 }, 'RFC 6750: another resource\'s token is invalid_token')
+  t.throws(() => authorize(c, { scopes: ['tools:call', 'tools:admin'] }), { name: 'InsufficientScope', statusCode: 403, requiredScope: 'tools:call tools:admin' })
 
   const toolCtx = authenticated(app, token, ctx())
   t.equal(authorizeTool(tools, toolCtx, 'chat').name, 'chat')
   t.equal(toolCtx.tool?.name, 'chat', 'the tool is recorded')
-  t.throws(() => authorizeTool(tools, authenticated(app, token, ctx()), 'nope'), { constructor: ToolNotFound, statusCode: 404 })
+  t.throws(() => authorizeTool(tools, authenticated(app, token, ctx()), 'nope'), { name: 'ToolNotFound', statusCode: 404 })
   t.throws(() => authorizeTool(tools, authenticated(app, token, ctx()), { name: 'chat' }), ToolNotFound, 'a name that is not a string')
   t.throws(() => authorizeTool(tools, authenticated(app, token, ctx()), 'other'), { code: 'invalid_token', statusCode: 401 }, 'audience before scopes')
   t.throws(() => authorizeTool(tools, authenticated(app, token, ctx()), 'admin'), { code: 'insufficient_scope', statusCode: 403 })
@@ -92,7 +92,7 @@ t.test('limit: per IP, then per subject, counted synchronously on SQLite', async
   t.equal(limit(app.limiters, c), undefined)
   const third = limit(app.limiters, c)
   t.ok(third instanceof Promise, 'a limit reached: the async limiters say which')
-  await t.rejects(third as Promise<void>, { constructor: RateLimited, statusCode: 429, message: /\(subject\)/ })
+  await t.rejects(third as Promise<void>, { name: 'RateLimited', statusCode: 429, message: /\(subject\)/ })
   t.equal(third instanceof Promise ? 'async' : 'sync', 'async')
   // The per-IP count went on while the subject's limit refused (IP is counted first).
   const otherSubject = createContext('req-2', '192.0.2.7')
@@ -122,7 +122,7 @@ t.test('meter: charges the token\'s quota and records the charge', async t => {
   t.equal(await meter(app.quotas, unmetered, 1), undefined, 'a token without a quota claim is not metered')
 
   // A store that cannot answer (a real SQLite store, closed): fail closed.
-  await t.rejects(meter(await closedQuotas(t), authenticated(app, token, ctx()), 1), { constructor: StoreUnavailable, statusCode: 503 })
+  await t.rejects(meter(await closedQuotas(t), authenticated(app, token, ctx()), 1), { name: 'StoreUnavailable', statusCode: 503 })
 })
 
 t.test('relay: hygiene, forwarding fields and the tool\'s own credential', async t => {
@@ -149,7 +149,7 @@ t.test('relay: hygiene, forwarding fields and the tool\'s own credential', async
 
   const crlf = authenticated(app, token, ctx())
   crlf.principal = { ...principalOf(crlf), sub: 'agent\r\nx-injected: 1' }
-  t.throws(() => relayHeaders(downstream, crlf, chat, arrival), { constructor: InvalidToken, message: /sub cannot be carried in a header/ })
+  t.throws(() => relayHeaders(downstream, crlf, chat, arrival), { name: 'InvalidToken', message: /sub cannot be carried in a header/ })
   t.throws(() => headerSafe('a\u0000b', 'scope'), InvalidToken)
 })
 

@@ -1,8 +1,11 @@
 // The client registry (from config) and client-secret verification. Secrets are kept only as
 // scrypt hashes; comparison is timing-safe on equal-length digests, and an unknown client costs
-// the same scrypt as a wrong secret, so neither timing nor answer tells them apart.
+// the same scrypt as a wrong secret (with the parameters most configured clients use), so neither
+// timing nor answer tells them apart. Scrypt runs on libuv's small thread pool: only a few run at
+// once, a few more wait, and the rest are refused at once rather than queued without bound.
 import { createHmac, randomBytes, scrypt as scryptCb, scryptSync, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import type { ClientConfig } from '../config.js'
+import { OAuthError } from '../errors.js'
 import type { QuotaClaim } from '../tokens/index.js'
 
 export interface Client {
@@ -17,7 +20,7 @@ export interface Client {
   claims: Record<string, unknown>
 }
 
-interface ScryptHash {
+export interface ScryptHash {
   params: { N: number, r: number, p: number }
   salt: Buffer
   hash: Buffer
@@ -49,6 +52,79 @@ export function parseSecretHash (text: string): ScryptHash {
   return { params: { N: 2 ** ln, r: Number(m[2]), p: Number(m[3]) }, salt: Buffer.from(m[4] as string, 'base64'), hash: Buffer.from(m[5] as string, 'base64') }
 }
 
+/** Every secret-check slot and the queue behind them are taken: try again in a moment. */
+export class SecretChecksBusy extends OAuthError {
+  constructor () {
+    super('temporarily_unavailable', 'too many client authentications in progress; retry shortly', 503)
+    this.headers['retry-after'] = '1'
+  }
+}
+
+/** Secret checks running and waiting now, the most that ever ran at once, how many ran, how many were refused. */
+export interface SecretCheckStats { running: number, waiting: number, peak: number, started: number, refused: number }
+
+/** A counting semaphore with a bounded queue: `run` refuses (SecretChecksBusy) when both are full. */
+class Slots {
+  #running = 0
+  #peak = 0
+  #refused = 0
+  #started = 0
+  readonly #waiting: Array<() => void> = []
+
+  constructor (readonly size: number, readonly queue: number) {}
+
+  async run<T> (fn: () => Promise<T>): Promise<T> {
+    if (this.#running < this.size) {
+      this.#running++
+    } else {
+      if (this.#waiting.length >= this.queue) {
+        this.#refused++
+        throw new SecretChecksBusy()
+      }
+      // The slot is handed over by the finishing run, so #running stays the same.
+      await new Promise<void>(resolve => this.#waiting.push(resolve))
+    }
+    this.#peak = Math.max(this.#peak, this.#running)
+    this.#started++
+    try {
+      return await fn()
+    } finally {
+      const next = this.#waiting.shift()
+      if (next !== undefined) next()
+      else this.#running--
+    }
+  }
+
+  get stats (): SecretCheckStats {
+    return { running: this.#running, waiting: this.#waiting.length, peak: this.#peak, started: this.#started, refused: this.#refused }
+  }
+}
+
+export interface ClientRegistryOptions {
+  /** Secret checks (scrypt) running at once; as many again times four may wait. Default 3. */
+  concurrentSecretChecks?: number
+}
+
+/**
+ * The parameters the dummy hash for unknown clients uses: those most configured clients use (ties
+ * go to the costlier), so an unknown id answers at the speed of most real ones.
+ */
+export function dummyParams (hashes: ReadonlyArray<ScryptHash['params']>): ScryptHash['params'] {
+  const counts = new Map<string, { params: ScryptHash['params'], n: number }>()
+  for (const params of hashes) {
+    const key = `${params.N},${params.r},${params.p}`
+    const seen = counts.get(key)
+    if (seen === undefined) counts.set(key, { params, n: 1 })
+    else seen.n++
+  }
+  const cost = (p: ScryptHash['params']): number => p.N * p.r * p.p
+  let best: { params: ScryptHash['params'], n: number } | undefined
+  for (const entry of counts.values()) {
+    if (best === undefined || entry.n > best.n || (entry.n === best.n && cost(entry.params) > cost(best.params))) best = entry
+  }
+  return { ...(best?.params ?? DEFAULT_PARAMS) }
+}
+
 export class ClientRegistry {
   readonly #clients = new Map<string, { client: Client, secret: ScryptHash }>()
   readonly #dummy: ScryptHash
@@ -56,9 +132,12 @@ export class ClientRegistry {
   readonly #verified = new Map<string, number>()
   readonly #hmacKey = randomBytes(32)
   readonly #clock: () => number
+  readonly #slots: Slots
 
-  constructor (configs: readonly ClientConfig[], clock: () => number = Date.now) {
+  constructor (configs: readonly ClientConfig[], clock: () => number = Date.now, options: ClientRegistryOptions = {}) {
     this.#clock = clock
+    const size = options.concurrentSecretChecks ?? 3
+    this.#slots = new Slots(size, size * 4)
     configs.forEach((c, i) => {
       let secret: ScryptHash
       try {
@@ -78,7 +157,17 @@ export class ClientRegistry {
       if (c.accessTtl !== undefined) client.accessTtl = c.accessTtl
       this.#clients.set(c.id, { client, secret })
     })
-    this.#dummy = parseSecretHash(hashSecret(randomBytes(16).toString('hex')))
+    const params = dummyParams([...this.#clients.values()].map(e => e.secret.params))
+    this.#dummy = parseSecretHash(hashSecret(randomBytes(16).toString('hex'), params))
+  }
+
+  /** The scrypt parameters an unknown client's secret is checked with. */
+  get dummyParams (): ScryptHash['params'] {
+    return { ...this.#dummy.params }
+  }
+
+  get secretChecks (): SecretCheckStats {
+    return this.#slots.stats
   }
 
   get (id: string): Client | undefined {
@@ -89,15 +178,21 @@ export class ClientRegistry {
     return this.#clients.size
   }
 
-  /** The client when `secret` is right; undefined for an unknown client or a wrong secret alike. */
-  async authenticate (id: string, secret: string): Promise<Client | undefined> {
+  /**
+   * The client when `secret` is right; undefined for an unknown client or a wrong secret alike.
+   * `beforeCheck` runs only when the secret must be checked with scrypt (not for a pair verified
+   * recently), and may throw to refuse without that work. Throws SecretChecksBusy when too many
+   * checks are running and waiting.
+   */
+  async authenticate (id: string, secret: string, beforeCheck?: () => void): Promise<Client | undefined> {
     const entry = this.#clients.get(id)
     const mac = createHmac('sha256', this.#hmacKey).update(id).update('\0').update(secret).digest('base64')
     const seen = this.#verified.get(mac)
     if (entry !== undefined && seen !== undefined && seen > this.#clock()) return entry.client
 
+    beforeCheck?.()
     const stored = entry?.secret ?? this.#dummy
-    const derived = await scrypt(secret, stored.salt, stored.params)
+    const derived = await this.#slots.run(() => scrypt(secret, stored.salt, stored.params))
     const ok = timingSafeEqual(derived, stored.hash) && entry !== undefined
     if (!ok) return undefined
     if (this.#verified.size >= 1000) this.#verified.delete(this.#verified.keys().next().value as string)

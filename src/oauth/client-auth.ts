@@ -51,8 +51,19 @@ export async function authenticateClient (request: FastifyRequest, clients: Clie
     throw new InvalidClient('client authentication required')
   }
   request.ctx.clientId = creds.id
-  const client = await clients.authenticate(creds.id, creds.secret)
-  if (client === undefined) throw new InvalidClient()
+  // Failures are counted per client id and per address; past either limit the attempt is refused
+  // before its scrypt runs. A pair verified recently skips both (a locked-out id's owner keeps working).
+  const failures = request.server.failedClientAuth
+  const client = await clients.authenticate(creds.id, creds.secret, () => { failures.check(creds.id, request.ip) })
+  if (client === undefined) {
+    try {
+      await failures.record(creds.id, request.ip)
+    } catch (err) {
+      // The answer is a refusal either way; the scrypt bound still holds without the counters.
+      request.log.warn({ err: (err as Error).message }, 'failed client authentication not counted: the store is unavailable')
+    }
+    throw new InvalidClient()
+  }
   return client
 }
 

@@ -1,8 +1,11 @@
 // Token exchange (RFC 8693) for clients with `exchange: true`: a subject token from Tollgate itself
-// or from a trusted issuer becomes a Tollgate access token for the same `sub`, acted on by the
+// or from a trusted issuer becomes a Tollgate access token for the same subject, acted on by the
 // client (`act`), limited to audiences the client may use and to scopes both the subject token and
-// the client have. Owns those rules; verification is Tokens' (own tokens) or TrustedIssuers' (the
-// IdPs'). Never issues a refresh token: the exchanged authority must not outlive the subject token.
+// the client have. A trusted issuer's `sub` is only unique within that issuer, so its subject is
+// namespaced (`<issuer>#<sub>`, see externalSubject); a Tollgate token's `sub` is already
+// Tollgate's and is kept as it is. Owns those rules; verification is Tokens' (own tokens) or
+// TrustedIssuers' (the IdPs'). Never issues a refresh token: the exchanged authority must not
+// outlive the subject token.
 import type { Client } from '../clients/index.js'
 import { OAuthError, StoreUnavailable, TollgateError } from '../errors.js'
 import { JwsError, parseCompact } from '../tokens/jws.js'
@@ -13,6 +16,8 @@ export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exch
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token'
 export const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt'
 const SUBJECT_TYPES = new Set([ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE])
+/** Characters of a namespaced external subject (`<issuer>#<sub>`, encoded), at most. */
+const MAX_SUBJECT_LENGTH = 1024
 
 export interface ExchangeRequest {
   subjectToken: string | undefined
@@ -120,8 +125,34 @@ export class TokenExchange {
     }
     if (typeof iss !== 'string' || !trusted.has(iss)) throw new OAuthError('invalid_request', 'subject_token is not acceptable: issuer not trusted')
     const { claims, issuer } = await trusted.verify(token)
-    return { sub: claims.sub, scopes: scopesOf(claims), exp: claims.exp, act: claims.act, issuer, kind: 'trusted' }
+    // A lone surrogate would encode as U+FFFD, like a real one: two subs, one subject.
+    if (/\p{Cs}/u.test(claims.sub)) throw new OAuthError('invalid_request', 'subject_token is not acceptable: sub is not well-formed Unicode')
+    const sub = externalSubject(issuer, claims.sub)
+    // The issued token must stay well under the 8 KiB token cap.
+    if (sub.length > MAX_SUBJECT_LENGTH) throw new OAuthError('invalid_request', 'subject_token is not acceptable: sub is too long')
+    return { sub, scopes: scopesOf(claims), exp: claims.exp, act: claims.act, issuer, kind: 'trusted' }
   }
+}
+
+/**
+ * The Tollgate subject of a trusted issuer's user: `<issuer>#<sub>`, so users of two issuers, or a
+ * user whose `sub` equals a client id, never share a subject (nor its quota or rate-limit counters).
+ * Injective and header-safe (it travels as X-Auth-Subject): every byte outside printable ASCII
+ * without space, and `%`, is percent-encoded (UTF-8), in the issuer also `#`, so the first `#`
+ * always ends the issuer. A client id can never take this form: ids have no `#`.
+ */
+export function externalSubject (issuer: string, sub: string): string {
+  return `${percentEncode(issuer, /[^\x21-\x22\x24\x26-\x7e]/)}#${percentEncode(sub, /[^\x21-\x24\x26-\x7e]/)}`
+}
+
+function percentEncode (value: string, unsafe: RegExp): string {
+  if (!unsafe.test(value)) return value
+  let out = ''
+  for (const ch of value) {
+    if (!unsafe.test(ch)) { out += ch; continue }
+    for (const byte of Buffer.from(ch, 'utf8')) out += '%' + byte.toString(16).toUpperCase().padStart(2, '0')
+  }
+  return out
 }
 
 /** RFC 9068 `scope` (space-separated); many IdPs send `scp` as a string or an array instead. */

@@ -67,7 +67,8 @@ export class RefreshTokens {
   /**
    * Starts the family named by `issued.claims.fid` with the grant just made; returns its first
    * refresh token. The family's scope and audience are the issued token's: the most a refresh
-   * may ask for. Unregistered claims (`quota`, `act`, static claims) are carried to every refresh.
+   * may ask for. The unregistered claims (`quota`, `act`, static claims) are kept with it; a refresh
+   * carries `act` on and takes `quota` and the static claims from the client's current config.
    */
   async start (client: Client, issued: IssuedToken): Promise<string> {
     const { claims } = issued
@@ -130,7 +131,11 @@ export class RefreshTokens {
     if (result.status !== 'rotated') throw new OAuthError('invalid_grant', result.status === 'revoked' ? 'refresh token revoked' : 'invalid refresh token')
 
     const family = result.family
-    const { quota, act, ...claims } = family.extra as { quota?: AccessClaims['quota'], act?: AccessClaims['act'], [claim: string]: unknown }
+    // `quota` and the static claims are the client's as configured now, not as they were at the
+    // first grant: a quota cut or a changed role applies from the next refresh on. `act` is the
+    // grant's own and is carried over.
+    const { act } = family.extra as { act?: AccessClaims['act'] }
+    const quota = client.quota
     const ttl = client.accessTtl ?? this.#o.accessTtl
     const issued = this.#o.tokens.issue({
       sub: family.sub,
@@ -139,7 +144,7 @@ export class RefreshTokens {
       audiences,
       ttl,
       fid: family.id,
-      claims,
+      claims: client.claims,
       ...(quota !== undefined ? { quota } : {}),
       ...(act !== undefined ? { act } : {})
     })

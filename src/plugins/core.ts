@@ -6,6 +6,7 @@ import { ClientRegistry } from '../clients/index.js'
 import type { Config } from '../config.js'
 import { KeyManager } from '../keys/index.js'
 import { resolveSecret } from '../keys/material.js'
+import { FailedClientAuth } from '../oauth/failed-auth.js'
 import { Quotas } from '../quota/index.js'
 import { openStore, type Store } from '../store/index.js'
 import { Tokens } from '../tokens/index.js'
@@ -29,6 +30,8 @@ declare module 'fastify' {
     keys: KeyManager
     tokens: Tokens
     clients: ClientRegistry
+    /** Failed client authentications per client id and per address (src/oauth/failed-auth.ts). */
+    failedClientAuth: FailedClientAuth
     quotas: Quotas
   }
 }
@@ -71,7 +74,8 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.decorate('store', store)
   app.decorate('keys', keys)
   app.decorate('tokens', tokens)
-  app.decorate('clients', new ClientRegistry(config.clients, clock))
+  app.decorate('clients', new ClientRegistry(config.clients, clock, { concurrentSecretChecks: config.rateLimits.concurrentSecretChecks }))
+  app.decorate('failedClientAuth', new FailedClientAuth(store, clock, config.rateLimits))
   app.decorate('quotas', new Quotas(store, clock))
 
   const timers = [

@@ -7,6 +7,7 @@ import rateLimit, { type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { RateLimited, StoreUnavailable } from '../errors.js'
+import { limitKey } from '../limits/address.js'
 import type { Limiters } from '../pipeline/index.js'
 import type { Store } from '../store/index.js'
 
@@ -89,7 +90,7 @@ export default fp(async function rateLimits (app: FastifyInstance) {
     let key = keys.get(value)
     if (key === undefined) {
       if (keys.size >= MAX_CACHED_KEYS) keys.clear()
-      key = counterKey(namespace, value)
+      key = counterKey(namespace, namespace === 'ip' ? limitKey(value, limits.ipv6Prefix) : value)
       keys.set(value, key)
     }
     return key
@@ -106,9 +107,10 @@ export default fp(async function rateLimits (app: FastifyInstance) {
     }
   }
   const token = make('token', limits.token)
+  const ipLimit = make('ip', limits.perIp)
   app.decorate('limiters', {
-    token: async (request: FastifyRequest) => { await token(request.ip) },
-    perIp: make('ip', limits.perIp),
+    token: async (request: FastifyRequest) => { await token(limitKey(request.ip, limits.ipv6Prefix)) },
+    perIp: (ip: string) => ipLimit(limitKey(ip, limits.ipv6Prefix)),
     perSubject: make('subject', limits.perSubject),
     takeSync
   })

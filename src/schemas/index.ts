@@ -172,8 +172,8 @@ export const oauthErrors = {
   401: oauthError('invalid_client: client authentication failed', headers.wwwAuthenticateBasic),
   413: oauthError('payload_too_large: the body is too large'),
   415: oauthError('unsupported_media_type: the body is neither a form nor JSON'),
-  429: oauthError('rate_limited: too many requests from this address', headers.retryAfter),
-  503: oauthError('temporarily_unavailable: the state store is unavailable')
+  429: oauthError('rate_limited: too many requests from this address, or too many failed client authentications for this client id or address', headers.retryAfter),
+  503: oauthError('temporarily_unavailable: the state store is unavailable, or too many client authentications are in progress (then with Retry-After)', headers.retryAfter)
 }
 
 /** An RFC 9457 problem+json response entry. */
