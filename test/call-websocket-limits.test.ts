@@ -5,7 +5,9 @@ import { connect, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { WS_HIGH_WATER } from '../src/proxy/websocket.js'
-import { client, issue, type TestContext } from './helper.js'
+import { loadConfig } from '../src/config.js'
+import { ToolRegistry } from '../src/tools/index.js'
+import { SECRET, client, issue, type TestContext } from './helper.js'
 import { startApp } from './call-helper.js'
 
 interface CountingUpstream {
@@ -37,7 +39,12 @@ async function startCountingUpstream (t: TestContext): Promise<CountingUpstream>
   })
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', () => {})
+    // Like any server, close a connection whose peer left while its handshake was pending (an
+    // upgraded socket is half-open by default).
+    const left = (): void => { socket.destroy() }
+    socket.once('end', left)
     setTimeout(() => {
+      socket.off('end', left)
       if (socket.destroyed) return
       wss.handleUpgrade(req, socket, head, ws => { up.onConnection(ws, req) })
     }, up.delayMs)
@@ -134,6 +141,27 @@ t.test('aborted handshakes leave no upstream connection open', async t => {
   t.equal(await echo, 'still here')
   ws.close()
   t.ok(await until(() => up.open() === 0), 'a closed connection closes its upstream')
+})
+
+t.test('a tool that does not finish its handshake within its timeout: 504, and its connection is closed', async t => {
+  const up = await startCountingUpstream(t)
+  const { app, port } = await startApp(t, undefined, [{ name: 'chat', origin: up.origin, path: '/stream', websocket: true, timeout: 0.3 }],
+    { clients: [client('agent', { quota: { limit: 1000, window: '1h' } })] })
+  t.teardown(() => { app.server.closeAllConnections() })
+  const token = (await issue(app)).access_token as string
+  up.delayMs = 60_000
+  const status = await handshake(port, 'GET', { authorization: `Bearer ${token}`, connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': VALID_KEY })
+  t.equal(status, 504)
+  t.equal(up.total(), 1, 'the tool was dialled')
+  t.ok(await until(() => up.open() === 0), 'and its connection closed at the timeout')
+})
+
+t.test('tools[].maxPayload: bytes, 1 MiB by default, checked at startup', async t => {
+  const config = (tool: Record<string, unknown>) => loadConfig({ raw: { issuer: 'https://tollgate.test', tools: [{ name: 'chat', url: 'http://127.0.0.1:9/x', audience: 'tool:chat', ...tool }] }, env: { TOLLGATE_SECRET: SECRET } })
+  t.equal([...new ToolRegistry(config({}).tools)][0]?.maxPayload, 1_048_576)
+  t.equal([...new ToolRegistry(config({ maxPayload: 4096 }).tools)][0]?.maxPayload, 4096)
+  t.throws(() => config({ maxPayload: 0 }), /config: tools\.0\.maxPayload/)
+  t.throws(() => config({ maxPayload: '1MiB' }), /config: tools\.0\.maxPayload/)
 })
 
 t.test('a message over tools[].maxPayload closes with 1009, either way', async t => {
