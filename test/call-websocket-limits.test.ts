@@ -131,6 +131,9 @@ t.test('aborted handshakes leave no upstream connection open', async t => {
   }
   t.ok(await until(() => up.open() === 0, 2000), `no upstream connection left open (${up.open()} open)`)
   t.equal(up.open(), 0)
+  const quota = await fetch(`http://127.0.0.1:${port}/quota`, { headers: { authorization: `Bearer ${token}` } })
+  const body = await quota.json() as { used: number }
+  t.equal(body.used, 0, `no aborted handshake kept its quota charge (${JSON.stringify(body)})`)
 
   // The gateway still works afterwards.
   up.delayMs = 0

@@ -201,7 +201,8 @@ export class WebSocketRelay {
       maxPayload
     })
     // A caller that hangs up while the tool is being dialled (or before it is wired) takes the
-    // upstream with it.
+    // upstream with it. 'end' counts: an upgrade socket is half-open, so a caller's FIN alone
+    // never brings 'close', and ws refuses to upgrade a socket that is no longer readable.
     let wired = false
     let callerGone: (() => void) | undefined
     const onCallerClose = (): void => {
@@ -209,7 +210,12 @@ export class WebSocketRelay {
       upstream.terminate()
       callerGone?.()
     }
+    const unwatchCaller = (): void => {
+      state.socket.removeListener('close', onCallerClose)
+      state.socket.removeListener('end', onCallerClose)
+    }
     state.socket.once('close', onCallerClose)
+    state.socket.once('end', onCallerClose)
     // Messages the tool sends before the caller is attached wait here. Listening from the start
     // matters: a first message in the same packet as the 101 is emitted right after 'open'.
     const early: Array<[RawData, boolean]> = []
@@ -235,7 +241,7 @@ export class WebSocketRelay {
     try {
       await dialled
     } catch (err) {
-      state.socket.removeListener('close', onCallerClose)
+      unwatchCaller()
       throw err
     }
     upstream.on('error', () => { upstream.terminate() })
@@ -243,22 +249,24 @@ export class WebSocketRelay {
     // CONTRACT §9: the `bearer.` subprotocol is selected in the 101 when it carried the token;
     // otherwise the caller gets the subprotocol the tool chose.
     state.protocol = bearer ?? (upstream.protocol !== '' && offered.includes(upstream.protocol) ? upstream.protocol : false)
-    reply.hijack()
     state.socket.removeListener('error', state.guard)
     try {
       this.#server(maxPayload).handleUpgrade(request.raw, state.socket, state.head, client => {
         wired = true
-        state.socket.removeListener('close', onCallerClose)
+        unwatchCaller()
         this.#wire(request, client, upstream, early, onEarly, options.principal)
       })
     } finally {
       // handleUpgrade answers synchronously; if it refused (or found the caller gone) the upstream goes too.
       if (!wired) {
         upstream.terminate()
-        state.socket.removeListener('close', onCallerClose)
+        unwatchCaller()
         state.socket.destroy()
       }
     }
+    // Thrown before hijacking, so the caller's charge is refunded like any failed handshake.
+    if (!wired) throw new TollgateError('invalid_request', 400, 'the caller went away during the handshake')
+    reply.hijack()
   }
 
   #wire (request: FastifyRequest, client: WebSocket, upstream: WebSocket, early: Array<[RawData, boolean]>, onEarly: (d: RawData, b: boolean) => void, principal: Principal): void {
