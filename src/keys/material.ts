@@ -1,5 +1,6 @@
-// Key material: generation, RFC 7638 thumbprints, and AES-256-GCM encryption of private keys
-// under the key-encryption secret. Pure functions over node:crypto; no state, no store.
+// Key material: generation, RFC 7638 thumbprints, AES-256-GCM encryption of private keys under the
+// key-encryption secret, and the check that a stored record is whole (openKeyRecord). Pure
+// functions over node:crypto; no state, no store.
 import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -32,11 +33,6 @@ export function thumbprint (jwk: Record<string, unknown>): string {
       ? { crv: jwk.crv, kty: jwk.kty, x: jwk.x }
       : { e: jwk.e, kty: jwk.kty, n: jwk.n }
   return createHash('sha256').update(JSON.stringify(members)).digest('base64url')
-}
-
-export function publicKeyFromJwk (jwk: Record<string, unknown>): KeyObject {
-  const { kid, alg, use, key_ops: _ops, ...material } = jwk
-  return createPublicKey({ key: material as any, format: 'jwk' })
 }
 
 /** RFC 8725 §3.5 / SECURITY.md: refuse weak keys at startup. */
