@@ -223,11 +223,11 @@ async function settled (value: () => number, quietMs = 500, ms = 20_000): Promis
 }
 
 const CHUNK = 64 * 1024
-const TOTAL = 64 * 1024 * 1024
+const TOTAL = 40 * 1024 * 1024
 // What the sender could hand over while the other end reads nothing: kernel socket buffers on
 // the way (two per hop; loopback autotuning took about 10 MiB in all here) plus what the gateway holds, which is
 // about WS_HIGH_WATER + one socket read + one message. Without backpressure it is all of TOTAL.
-const BOUND = 32 * 1024 * 1024
+const BOUND = 20 * 1024 * 1024
 const mib = (n: number): string => (n / 2 ** 20).toFixed(1)
 
 t.test('backpressure: a caller that does not read pauses the tool (bounded buffering in the gateway)', async t => {
