@@ -74,7 +74,9 @@ const ToolSchema = Type.Object({
   timeout: Type.Number({ exclusiveMinimum: 0, default: 30 }),
   auth: Type.Optional(ToolAuth),
   refundOnFailure: Type.Boolean({ default: true }),
-  websocket: Type.Boolean({ default: false })
+  websocket: Type.Boolean({ default: false }),
+  // The largest WebSocket message (bytes) accepted from either side; larger ones close with 1009.
+  maxPayload: Type.Optional(Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1, default: 1_048_576 }))
 }, { additionalProperties: false })
 
 export const ConfigSchema = Type.Object({
