@@ -509,7 +509,7 @@ async function main () {
   if (haproxyWanted) {
     const version = haproxyVersion()
     if (version === undefined) {
-      haproxyNote = `haproxy not found: the haproxy_jwt reference is skipped (install it with: ${HAPROXY_INSTALL_HINT})`
+      haproxyNote = `haproxy is not installed: the haproxy_jwt reference (call/haproxy_jwt) is skipped. Install it with: ${HAPROXY_INSTALL_HINT}`
       console.log(haproxyNote)
     } else {
       ctx.haproxy = await startHaproxy({ port: await freePort(), upstreamUrl: `${upstream.url}/echo`, tollgateUrl: primary.tollgate.url, token: primary.token, threads: HAPROXY_THREADS, body: CALL_BODY })
@@ -570,7 +570,7 @@ async function main () {
     console.log('')
     // Three views of each ratio: of the medians, per round (the two sides of a round ran back to
     // back), and by server CPU per request.
-    console.log(`${pad('ratio', 30)}${pad('of medians', 12)}${pad('per round', 22)}${pad('by server CPU', 15)}budget`)
+    if (ratios[c].length > 0) console.log(`${pad('ratio', 30)}${pad('of medians', 12)}${pad('per round', 22)}${pad('by server CPU', 15)}budget`)
     for (const r of ratios[c]) {
       const budget = r.budget === undefined ? '' : r.kind === 'lanes' ? `>= ${r.budget.toFixed(2)} (req/s and CPU)` : `>= ${r.budget.toFixed(2)}`
       console.log(`${pad(r.label, 30)}${pad(num(r.ratio, 2), 12)}${pad(r.perRound.map(x => x.toFixed(2)).join(' '), 22)}${pad(num(r.cpu, 2), 15)}${budget}`)
@@ -596,14 +596,15 @@ async function main () {
   }
 
   // The budgets, compactly: ratios of medians (req/s) in this run, per connection count.
-  const budgets = budgetTable(ratios)
+  const budgets = budgetTable(ratios, haproxyNote !== undefined)
   console.log('')
   console.log(`budgets (ratios of medians, this run)${haproxyNote !== undefined ? '; haproxy_jwt skipped: haproxy not installed' : ''}`)
   const width = 46
   console.log(`${pad('budget', width)}${CONNECTIONS.map(c => pad(`c=${c}`, 16)).join('')}`)
   for (const row of budgets) {
     if (row.heading !== undefined) { console.log(row.heading); continue }
-    console.log(`${pad(row.label, width)}${CONNECTIONS.map(c => pad(row.values[c] === undefined ? 'n/a' : `${num(row.values[c], 2)} ${met(row.values[c], row.min)}`, 16)).join('')}`)
+    const cell = c => row.skipped ? 'skipped' : row.values[c] === undefined ? 'n/a' : `${num(row.values[c], 2)} ${met(row.values[c], row.min)}`
+    console.log(`${pad(row.label, width)}${CONNECTIONS.map(c => pad(cell(c), 16)).join('')}`)
   }
   console.log(`bench took ${Math.round((Date.now() - started) / 1000)} s`)
 
@@ -617,7 +618,8 @@ async function main () {
       lanes: LANES,
       duration: DURATION,
       rounds: ROUNDS,
-      tollgateConfig: tollgateConfig(0, `${upstream.url}`, ctx.issuer.url),
+      // The YAML each Tollgate ran (with port 0 in place of its port).
+      tollgateConfig: Object.fromEntries(LANES.map(lane => [lane, tollgateConfig(0, upstream.url, ctx.issuer.url, { fastPath: lane === 'off' ? false : undefined })])),
       haproxy,
       results,
       ratios,
@@ -639,12 +641,13 @@ async function main () {
  * server.fastPath: false (what the budgets would be without the fast paths), and the fast-path
  * decision rule (lanes on / lanes off, req/s and server CPU per request, each >= LANE_GAIN).
  */
-function budgetTable (ratios) {
+function budgetTable (ratios, haproxySkipped) {
   const rows = []
   const value = (label, key) => Object.fromEntries(CONNECTIONS.map(c => [c, ratios[c].find(r => r.label === label)?.[key]]))
   const budgetRows = suffix => RATIOS.filter(([, , , min]) => min !== undefined).map(([label, a, , min]) => {
     const l = suffix === '' ? label : label.replace(a, laneName(a, 'off'))
-    return { label: `${l} >= ${min.toFixed(2)}`, min, values: value(l, 'ratio') }
+    const skipped = haproxySkipped && l.endsWith('/haproxy_jwt')
+    return { label: `${l} >= ${min.toFixed(2)}`, min, values: value(l, 'ratio'), skipped }
   })
   if (LANES[0] === 'on') {
     rows.push({ heading: 'at defaults (fast paths on):' }, ...budgetRows(''))
@@ -660,8 +663,9 @@ function budgetTable (ratios) {
       rows.push({ label: `${label} CPU/req >= ${LANE_GAIN.toFixed(2)}`, min: LANE_GAIN, values: value(label, 'cpu') })
     }
   }
-  // Rows whose scenarios were not measured (--only) are left out.
-  return rows.filter(r => r.heading !== undefined || Object.values(r.values).some(v => v !== undefined))
+  // Rows whose scenarios were not measured (--only) are left out, and then headings with no rows.
+  const kept = rows.filter(r => r.heading !== undefined || r.skipped || Object.values(r.values).some(v => v !== undefined))
+  return kept.filter((r, i) => r.heading === undefined || (kept[i + 1] !== undefined && kept[i + 1].heading === undefined))
 }
 
 main().then(() => { stopAll() }, err => {
