@@ -542,7 +542,7 @@ async function main () {
         const r = await cannon({ connections, ...scenario.opts(connections) })
         const served = r.requests.total
         samples.get(connections).get(scenario.name).push({ cpuPerRequest: served > 0 ? (cpuMicros(pid) - cpuBefore) / served : NaN, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors + r.timeouts, codes: r.statusCodeStats, errorCodes: r.errorCodes })
-        process.stderr.write(`  round ${round + 1} c${pad(connections, 4)} ${pad(scenario.name, 20)} ${num(r.requests.average)} req/s\n`)
+        process.stderr.write(`  round ${round + 1} c${pad(connections, 4)} ${pad(scenario.name, 22)} ${num(r.requests.average)} req/s\n`)
       }
     }
   }
