@@ -192,8 +192,8 @@ async function issueTokens (url, n) {
 }
 
 /**
- * The tokens a Tollgate's scenarios send: one repeated, DISTINCT distinct ones and, on the primary
- * Tollgate, UNCACHED for validate_uncached. Access tokens live 300 s by default and a run takes
+ * The tokens a Tollgate's scenarios send: one repeated, `tg.distinct` distinct ones (DISTINCT when
+ * validate_distinct runs) and `tg.uncached` for validate_uncached (UNCACHED when it runs). Access tokens live 300 s by default and a run takes
  * longer, so they are issued again (between measurements, never during one) whenever the next
  * `seconds` would take them within 15 s of their expiry.
  */
@@ -208,8 +208,8 @@ async function freshTokens (tg, seconds) {
   const first = await issueTokenWithTtl(tg.tollgate.url)
   tg.token = first.token
   tg.ttl = first.ttl
-  tg.tokens = await issueTokens(tg.tollgate.url, DISTINCT)
-  tg.uncachedTokens = tg.primary ? await issueTokens(tg.tollgate.url, UNCACHED) : []
+  tg.tokens = await issueTokens(tg.tollgate.url, tg.distinct)
+  tg.uncachedTokens = await issueTokens(tg.tollgate.url, tg.uncached)
   tg.issuedAt = issuedAt
 }
 
@@ -248,6 +248,11 @@ function spread (requests, connections) {
 // The scenarios a fast path (lane) can answer: measured on each Tollgate of --lanes. On the one
 // with server.fastPath: false their names end in `:off`.
 const LANE_SCENARIOS = ['validate_repeat', 'validate_distinct', 'call']
+// No lane answers validate_uncached, but it runs on each Tollgate too: it fills each one's
+// verification cache alike (the two must be in the same state for on/off to compare), and its
+// on/off ratio is the control, about 1.00 when the comparison is fair.
+const CONTROL_SCENARIOS = ['validate_uncached']
+const PER_LANE = [...LANE_SCENARIOS, ...CONTROL_SCENARIOS]
 const laneName = (base, lane) => lane === 'on' ? base : `${base}:off`
 
 /**
@@ -266,9 +271,10 @@ function scenarios (ctx) {
     { name: 'bare', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     ...perLane('validate_repeat', tg => ({ url: tg.tollgate.url, requests: [validate(tg.token)] })),
     ...perLane('validate_distinct', (tg, c) => ({ url: tg.tollgate.url, ...spread(tg.tokens.map(validate), c) })),
-    // Not lane-sensitive (no lane answers them): measured on the first Tollgate of --lanes only, and
-    // (no budget rests on them) only at the largest connection count, to keep the run short.
-    { name: 'validate_uncached', peakOnly: true, pid: () => primary.tollgate.child.pid, opts: c => ({ url: primary.tollgate.url, ...spread(primary.uncachedTokens.map(validate), c) }) },
+    // No budget rests on these two: only at the largest connection count, to keep the run short.
+    // validate_uncached on each Tollgate (the control, CONTROL_SCENARIOS); token_issue (no lane, no
+    // state kept) on the first only.
+    ...perLane('validate_uncached', (tg, c) => ({ url: tg.tollgate.url, ...spread(tg.uncachedTokens.map(validate), c) })).map(s => ({ ...s, peakOnly: true })),
     {
       name: 'token_issue',
       peakOnly: true,
@@ -450,12 +456,13 @@ function ratiosAt (results, samples, lanes) {
   }
   for (const lane of lanes) {
     for (const [label, a, b, budget, sameRole] of RATIOS) {
-      if (lane !== lanes[0] && !LANE_SCENARIOS.includes(a)) continue
-      const la = LANE_SCENARIOS.includes(a) ? laneName(a, lane) : a
-      pair(LANE_SCENARIOS.includes(a) ? label.replace(a, la) : label, la, b, budget, sameRole, 'budget')
+      if (lane !== lanes[0] && !PER_LANE.includes(a)) continue
+      const la = PER_LANE.includes(a) ? laneName(a, lane) : a
+      pair(PER_LANE.includes(a) ? label.replace(a, la) : label, la, b, budget, sameRole, 'budget')
     }
   }
   for (const base of LANE_SCENARIOS) pair(`${base} on/off`, base, laneName(base, 'off'), LANE_GAIN, true, 'lanes')
+  for (const base of CONTROL_SCENARIOS) pair(`${base} on/off (control)`, base, laneName(base, 'off'), undefined, true, 'control')
   return rows
 }
 
@@ -492,19 +499,21 @@ async function main () {
 
   // One Tollgate per lane setting; the first is the primary (validate_uncached, token_issue, the
   // half-load probe, the quota fill, HAProxy's token and key).
+  const only = args.only?.split(',')
+  const wanted = s => only === undefined || only.includes(s.name) || only.includes(s.base)
+  const wantedName = name => wanted({ name, base: name.replace(/:off$/, '') })
   ctx.tollgates = []
   for (const lane of LANES) {
     const tollgate = await startTollgate(upstream.url, ctx.issuer.url, { fastPath: lane === 'off' ? false : undefined })
-    const tg = { lane, tollgate, primary: ctx.tollgates.length === 0 }
+    const primary = ctx.tollgates.length === 0
+    // Only the tokens some selected scenario sends.
+    const tg = { lane, tollgate, primary, distinct: wantedName(laneName('validate_distinct', lane)) ? DISTINCT : 0, uncached: wantedName(laneName('validate_uncached', lane)) ? UNCACHED : 0 }
     await freshTokens(tg, 0)
     ctx.tollgates.push(tg)
   }
   const primary = ctx.tollgates[0]
-
-  const only = args.only?.split(',')
-  const wanted = s => only === undefined || only.includes(s.name) || only.includes(s.base)
   // HAProxy only when its scenario is wanted.
-  const haproxyWanted = wanted({ name: 'haproxy_jwt', base: 'haproxy_jwt' })
+  const haproxyWanted = wantedName('haproxy_jwt')
   let haproxyNote
   if (haproxyWanted) {
     const version = haproxyVersion()
@@ -519,7 +528,7 @@ async function main () {
     }
   }
   const lanesNote = LANES.map(l => l === 'on' ? `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} defaults (fast paths on)` : `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} server.fastPath: false (names end in :off)`).join('; ')
-  console.log(`node ${process.version}; connections ${CONNECTIONS.join(', ')}; ${DURATION} s per measurement, ${ROUNDS} rounds; ${DISTINCT} distinct tokens (${UNCACHED} for uncached)`)
+  console.log(`node ${process.version}; connections ${CONNECTIONS.join(', ')}; ${DURATION} s per measurement, ${ROUNDS} rounds; ${primary.distinct} distinct tokens (${primary.uncached} for uncached)`)
   console.log(`Tollgate: default configuration (access log on, log level info) but rate limits and quota raised; ${lanesNote}`)
   if (ctx.haproxy !== undefined) console.log(`HAProxy reference: ${ctx.haproxy.version}, nbthread ${HAPROXY_THREADS}, pid ${ctx.haproxy.child.pid}`)
 
@@ -570,10 +579,10 @@ async function main () {
     console.log('')
     // Three views of each ratio: of the medians, per round (the two sides of a round ran back to
     // back), and by server CPU per request.
-    if (ratios[c].length > 0) console.log(`${pad('ratio', 30)}${pad('of medians', 12)}${pad('per round', 22)}${pad('by server CPU', 15)}budget`)
+    if (ratios[c].length > 0) console.log(`${pad('ratio', 36)}${pad('of medians', 12)}${pad('per round', 22)}${pad('by server CPU', 15)}budget`)
     for (const r of ratios[c]) {
-      const budget = r.budget === undefined ? '' : r.kind === 'lanes' ? `>= ${r.budget.toFixed(2)} (req/s and CPU)` : `>= ${r.budget.toFixed(2)}`
-      console.log(`${pad(r.label, 30)}${pad(num(r.ratio, 2), 12)}${pad(r.perRound.map(x => x.toFixed(2)).join(' '), 22)}${pad(num(r.cpu, 2), 15)}${budget}`)
+      const budget = r.kind === 'control' ? 'no lane: about 1.00 if fair' : r.budget === undefined ? '' : r.kind === 'lanes' ? `>= ${r.budget.toFixed(2)} (req/s and CPU)` : `>= ${r.budget.toFixed(2)}`
+      console.log(`${pad(r.label, 36)}${pad(num(r.ratio, 2), 12)}${pad(r.perRound.map(x => x.toFixed(2)).join(' '), 22)}${pad(num(r.cpu, 2), 15)}${budget}`)
     }
   }
   console.log('')
@@ -599,7 +608,7 @@ async function main () {
   const budgets = budgetTable(ratios, haproxyNote !== undefined)
   console.log('')
   console.log(`budgets (ratios of medians, this run)${haproxyNote !== undefined ? '; haproxy_jwt skipped: haproxy not installed' : ''}`)
-  const width = 46
+  const width = 48
   console.log(`${pad('budget', width)}${CONNECTIONS.map(c => pad(`c=${c}`, 16)).join('')}`)
   for (const row of budgets) {
     if (row.heading !== undefined) { console.log(row.heading); continue }
@@ -661,6 +670,11 @@ function budgetTable (ratios, haproxySkipped) {
       const label = `${base} on/off`
       rows.push({ label: `${label} req/s >= ${LANE_GAIN.toFixed(2)}`, min: LANE_GAIN, values: value(label, 'ratio') })
       rows.push({ label: `${label} CPU/req >= ${LANE_GAIN.toFixed(2)}`, min: LANE_GAIN, values: value(label, 'cpu') })
+    }
+    for (const base of CONTROL_SCENARIOS) {
+      const label = `${base} on/off (control)`
+      rows.push({ label: `${base} on/off req/s (control, ~1)`, values: value(label, 'ratio') })
+      rows.push({ label: `${base} on/off CPU/req (control, ~1)`, values: value(label, 'cpu') })
     }
   }
   // Rows whose scenarios were not measured (--only) are left out, and then headings with no rows.
