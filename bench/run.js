@@ -479,7 +479,7 @@ async function profileValidate (ctx) {
   const request = args['profile-call']
     ? { method: 'POST', path: '/call', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: CALL_BODY }
     : { method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } }
-  const result = await cannon({ url: tollgate.url, requests: [request], duration: Math.max(DURATION, 10) })
+  const result = await cannon({ url: tollgate.url, requests: [request], connections: Math.max(...CONNECTIONS), duration: Math.max(DURATION, 10) })
   await tollgate.stop()
   const file = readdirSync(dir).find(f => f.endsWith('.cpuprofile'))
   console.log(`${request.method} ${request.path} under --cpu-prof: ${num(result.requests.average)} req/s; profile: ${join(dir, file ?? '(none written)')}`)
@@ -632,7 +632,7 @@ async function main () {
       haproxy,
       results,
       ratios,
-      budgets: budgets.filter(b => b.heading === undefined),
+      budgets: budgets.filter(b => b.heading === undefined).map(b => ({ ...b, met: Object.fromEntries(Object.entries(b.values).map(([c, v]) => [c, b.min === undefined || v === undefined ? undefined : v >= b.min])) })),
       halfLoad,
       rssAfterLoad,
       rssAfterSubjects,
