@@ -54,7 +54,7 @@ const CONNECTIONS = args.connections.split(',').map(c => Number(c.trim()))
 if (CONNECTIONS.length === 0 || !CONNECTIONS.every(c => Number.isInteger(c) && c > 0)) throw new Error(`--connections: positive integers separated by commas, not ${args.connections}`)
 // Tollgates to measure: `on` is the default configuration, `off` the same with server.fastPath: false.
 if (!['on', 'off', 'both'].includes(args.lanes)) throw new Error(`--lanes: on, off or both, not ${args.lanes}`)
-const LANES = args.lanes === 'both' ? ['on', 'off'] : [args.lanes]
+let LANES = args.lanes === 'both' ? ['on', 'off'] : [args.lanes]
 const HAPROXY_THREADS = Number(args['haproxy-threads'])
 const DISTINCT = Number(args.tokens)
 // More than the verification cache holds (10,000), spread over the connections so that a token
@@ -503,8 +503,19 @@ async function main () {
   const wanted = s => only === undefined || only.includes(s.name) || only.includes(s.base)
   const wantedName = name => wanted({ name, base: name.replace(/:off$/, '') })
   ctx.tollgates = []
+  let lanesNoteSkipped
   for (const lane of LANES) {
-    const tollgate = await startTollgate(upstream.url, ctx.issuer.url, { fastPath: lane === 'off' ? false : undefined })
+    let tollgate
+    try {
+      tollgate = await startTollgate(upstream.url, ctx.issuer.url, { fastPath: lane === 'off' ? false : undefined })
+    } catch (err) {
+      // --lanes both against a Tollgate whose config schema has no server.fastPath yet: measure the
+      // defaults alone and say so, rather than stop.
+      if (lane !== 'off' || LANES.length !== 2) throw err
+      lanesNoteSkipped = `lanes off skipped: this Tollgate did not start with server.fastPath: false (${err.message.split(' (')[0]}; is the key in its config schema?); no on/off comparison in this run`
+      console.log(lanesNoteSkipped)
+      continue
+    }
     const primary = ctx.tollgates.length === 0
     // Only the tokens some selected scenario sends.
     const tg = { lane, tollgate, primary, distinct: wantedName(laneName('validate_distinct', lane)) ? DISTINCT : 0, uncached: wantedName(laneName('validate_uncached', lane)) ? UNCACHED : 0 }
@@ -512,6 +523,7 @@ async function main () {
     ctx.tollgates.push(tg)
   }
   const primary = ctx.tollgates[0]
+  LANES = ctx.tollgates.map(tg => tg.lane)
   // HAProxy only when its scenario is wanted.
   const haproxyWanted = wantedName('haproxy_jwt')
   let haproxyNote
@@ -607,7 +619,7 @@ async function main () {
   // The budgets, compactly: ratios of medians (req/s) in this run, per connection count.
   const budgets = budgetTable(ratios, haproxyNote !== undefined)
   console.log('')
-  console.log(`budgets (ratios of medians, this run)${haproxyNote !== undefined ? '; haproxy_jwt skipped: haproxy not installed' : ''}`)
+  console.log(`budgets (ratios of medians, this run)${haproxyNote !== undefined ? '; haproxy_jwt skipped: haproxy not installed' : ''}${lanesNoteSkipped !== undefined ? '; lanes off skipped: server.fastPath not accepted' : ''}`)
   const width = 48
   console.log(`${pad('budget', width)}${CONNECTIONS.map(c => pad(`c=${c}`, 16)).join('')}`)
   for (const row of budgets) {
