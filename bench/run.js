@@ -3,9 +3,10 @@
 // (none shares an event loop with autocannon, which runs here), then measures the scenarios below
 // in interleaved rounds (A B A B ...) and reports medians and the ratios the architecture budgets,
 // and the p99 that /call adds at half of its peak, with the open-loop paced probe of bench/paced.js.
-// Tollgate runs its default configuration (bench/tollgate-config.js: access log on, fast paths on),
-// only its rate limits and quota raised; with `--lanes both` a second Tollgate runs with
-// `server.fastPath: false`, and the lane-sensitive scenarios are measured on both. HAProxy 2.6 with
+// Tollgate runs its default configuration (bench/tollgate-config.js: access log on), only its rate
+// limits and quota raised. Tollgate has no fast path today (one pipeline: docs/performance.md);
+// `--lanes both` measures a build that has one (`server.fastPath: false` turns it off) against
+// itself, as the decision rule for keeping a fast path asks (bench/README.md). HAProxy 2.6 with
 // `jwt_verify` (bench/haproxy.js) is the `haproxy_jwt` reference for POST /call, when installed.
 //
 //   node bench/run.js [--duration 5] [--rounds 2] [--connections 10,50] [--lanes on|off|both]
@@ -36,7 +37,7 @@ const { values: args } = parseArgs({
     duration: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '2' },
     connections: { type: 'string', default: '10,50' },
-    lanes: { type: 'string', default: 'both' },
+    lanes: { type: 'string', default: 'on' },
     'haproxy-threads': { type: 'string', default: '1' },
     tokens: { type: 'string', default: '1000' },
     'uncached-tokens': { type: 'string', default: '12000' },
