@@ -33,7 +33,7 @@ new Function('f', '%DebugPrint(f)')(process.nextTick)
 interface Feedback { pinned: boolean, states: string[] }
 
 /** The properties of nextTick's tick-object literal, from its source in this Node: async id, trigger
- * id, callback and args on Node 20; Node 24 adds the async context frame. One literal slot each. */
+ * id, callback and args on Node 20; Node 22 and 24 add the async context frame. One literal slot each. */
 function tickObjectProperties (): string[] {
   const literal = /const tickObject = \{([^}]*)\}/.exec(process.nextTick.toString())
   if (literal === null) throw new Error('no tick-object literal in the source of process.nextTick')
