@@ -8,6 +8,8 @@ export default async function metricsRoutes (app: FastifyInstance): Promise<void
       operationId: 'getMetrics',
       tags: ['operations'],
       summary: 'Prometheus metrics',
+      description: 'This process\'s counters and histograms in the Prometheus text exposition format, for a scraper. Each replica answers for itself.',
+      security: [],
       produces: ['text/plain'],
       response: { 200: Type.String({ description: 'Prometheus text format 0.0.4' }) }
     }
