@@ -14,10 +14,10 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { createTollgateClient, TollgateFamilyRevokedError, type TollgateClient } from '../src/client/index.js'
-import { main } from '../src/commands.js'
 import { startUpstream } from './call-helper.js'
-import { CLIENT_SECRET, FORM, SECRET, basic, client, form, tempDir, testConfig, type TestContext } from './helper.js'
+import { CLIENT_SECRET, FORM, basic, client, form, tempDir, testConfig, type TestContext } from './helper.js'
 import { ROOT, ensureBuilt } from './support/cluster.js'
+import { tollgateInProcess } from './support/command.js'
 
 const run = promisify(execFile)
 const kidOf = (token: string): string => JSON.parse(Buffer.from(token.split('.')[0] as string, 'base64url').toString()).kid
@@ -63,23 +63,6 @@ function newClient (t: TestContext, gw: Gateway, extra: Partial<Parameters<typeo
   const c = createTollgateClient({ baseUrl: gw.base, clientId: 'agent', clientSecret: CLIENT_SECRET, ...extra })
   t.teardown(() => c.close())
   return c
-}
-
-/** The `tollgate` command in this process (the code `tollgate keys ...` runs), its output captured. */
-async function tollgate (args: string[]): Promise<{ status: number, stdout: string, stderr: string }> {
-  process.env.TOLLGATE_SECRET = SECRET
-  let stdout = ''
-  let stderr = ''
-  const out = process.stdout.write
-  const err = process.stderr.write
-  process.stdout.write = ((chunk: string) => { stdout += String(chunk); return true }) as typeof process.stdout.write
-  process.stderr.write = ((chunk: string) => { stderr += String(chunk); return true }) as typeof process.stderr.write
-  try {
-    return { status: await main(args), stdout, stderr }
-  } finally {
-    process.stdout.write = out
-    process.stderr.write = err
-  }
 }
 
 async function refreshWith (gw: Gateway, refreshToken: string): Promise<{ status: number, error?: string }> {
@@ -202,9 +185,9 @@ t.test('a 401 from a retired key is retried once after re-authentication, and su
   t.equal((await c.call('echo', {})).status, 200)
   const leaked = kidOf(await c.accessToken())
 
-  const rotated = await tollgate(['keys', 'rotate', '--now', '--config', gw.configFile])
+  const rotated = await tollgateInProcess(['keys', 'rotate', '--now', '--config', gw.configFile])
   t.equal(rotated.status, 0, rotated.stderr)
-  const retired = await tollgate(['keys', 'retire', leaked, '--now', '--config', gw.configFile])
+  const retired = await tollgateInProcess(['keys', 'retire', leaked, '--now', '--config', gw.configFile])
   t.equal(retired.status, 0, retired.stderr)
   const deadline = Date.now() + 5000
   while (gw.app.keys.verificationKey(leaked) !== undefined && Date.now() < deadline) await sleep(50)

@@ -8,10 +8,11 @@ import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { stringify } from 'yaml'
-import { main } from '../src/commands.js'
 import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, tempDir, testConfig, type TestContext } from './helper.js'
+import { ROOT, ensureBuilt } from './support/cluster.js'
+import { tollgateInProcess } from './support/command.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
@@ -26,10 +27,11 @@ async function keyManager (t: TestContext, clock: ManualClock): Promise<KeyManag
   return keys
 }
 
-/** Runs the real `tollgate` command (src/cli.ts through tap's TypeScript loader), without blocking the event loop. */
+/** Runs the real `tollgate` command (dist/cli.js, built when stale), without blocking the event loop. */
 async function cli (args: string[]): Promise<{ status: number | null, stdout: string, stderr: string }> {
+  ensureBuilt()
   return await new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, 'src/cli.ts', ...args], { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
+    const child = spawn(process.execPath, [join(ROOT, 'dist', 'cli.js'), ...args], { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
@@ -37,23 +39,6 @@ async function cli (args: string[]): Promise<{ status: number | null, stdout: st
     child.once('error', reject)
     child.once('close', status => { resolve({ status, stdout, stderr }) })
   })
-}
-
-/** The same command run in this process (for the quick refusals), its output captured. */
-async function inProcess (args: string[]): Promise<{ status: number, stdout: string, stderr: string }> {
-  process.env.TOLLGATE_SECRET = SECRET
-  let stdout = ''
-  let stderr = ''
-  const out = process.stdout.write
-  const err = process.stderr.write
-  process.stdout.write = ((chunk: string) => { stdout += String(chunk); return true }) as typeof process.stdout.write
-  process.stderr.write = ((chunk: string) => { stderr += String(chunk); return true }) as typeof process.stderr.write
-  try {
-    return { status: await main(args), stdout, stderr }
-  } finally {
-    process.stdout.write = out
-    process.stderr.write = err
-  }
 }
 
 function auditLines (stderr: string): Array<Record<string, any>> {
@@ -145,10 +130,10 @@ t.test('CLI on SQLite: rotate --now with a rotation pending, then retire --now o
   const leaked = kidOf((await issue(app)).access_token)
   const before = await issue(app)
 
-  const scheduled = await inProcess(['keys', 'rotate', '--config', file])
+  const scheduled = await tollgateInProcess(['keys', 'rotate', '--config', file])
   t.equal(scheduled.status, 0, scheduled.stderr)
   const pending = /^created (\S+)$/m.exec(scheduled.stdout)?.[1] as string
-  const blocked = await inProcess(['keys', 'rotate', '--config', file])
+  const blocked = await tollgateInProcess(['keys', 'rotate', '--config', file])
   t.equal(blocked.status, 1, 'a second scheduled rotation is still refused')
   t.match(blocked.stderr, /already pending/)
 
@@ -176,10 +161,10 @@ t.test('CLI on SQLite: rotate --now with a rotation pending, then retire --now o
   t.same(await jwksKids(app), [fresh], 'only the fresh key is published')
   t.equal(await validateStatus(app, (await issue(app)).access_token), 200, 'new tokens work')
 
-  const unknown = await inProcess(['keys', 'retire', 'no-such-kid', '--now', '--config', file])
+  const unknown = await tollgateInProcess(['keys', 'retire', 'no-such-kid', '--now', '--config', file])
   t.equal(unknown.status, 1)
   t.match(unknown.stderr, /no key no-such-kid/)
-  const withoutNow = await inProcess(['keys', 'retire', fresh, '--config', file])
+  const withoutNow = await tollgateInProcess(['keys', 'retire', fresh, '--config', file])
   t.equal(withoutNow.status, 1, 'retire without --now is refused')
   t.match(withoutNow.stderr, /--now/)
 })
