@@ -200,7 +200,9 @@ t.test('a 401 from a retired key is retried once after re-authentication, and su
   t.equal(gw.count('/token') - tokens, 1, 'and one re-authentication')
   t.not(kidOf(await c.accessToken()), leaked, 'the new token is signed by the new key')
 
-  // A 401 that re-authentication cannot cure is answered, not retried again.
-  const tool401 = await c.callPath('nope', 'x')
-  t.equal(tool401.status, 404, 'an unknown tool is not retried')
+  // Any other refusal is answered as it is, with no re-authentication and no retry.
+  const before = { calls: gw.seen.length, tokens: gw.count('/token') }
+  const unknown = await c.callPath('nope', 'x')
+  t.equal(unknown.status, 404, 'an unknown tool is answered 404')
+  t.same({ calls: gw.seen.length, tokens: gw.count('/token') }, { calls: before.calls + 1, tokens: before.tokens }, 'in one request')
 })
