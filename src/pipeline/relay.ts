@@ -39,6 +39,6 @@ export function relayHeaders (downstream: DownstreamTokens, ctx: RequestContext,
     subject: headerSafe(principalOf(ctx).sub, 'sub'),
     ...(credential !== undefined ? { credential } : {}),
     ...(options.websocket === true ? { websocket: true } : {}),
-    ...(ctx.trace !== undefined ? { traced: true } : {})
+    traced: ctx.trace !== undefined
   })
 }
