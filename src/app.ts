@@ -16,6 +16,7 @@ import errorsPlugin from './plugins/errors.js'
 import lifecyclePlugin from './plugins/lifecycle.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
+import tracingPlugin from './plugins/tracing.js'
 import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
 import healthRoutes from './routes/health.js'
@@ -146,6 +147,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     reply.header('x-request-id', request.id)
     done()
   })
+  // Spans start right after the context (and only when tracing is configured: src/tracing.ts).
+  await app.register(tracingPlugin, { config: config.tracing })
 
   await app.register(errorsPlugin)
   await app.register(metricsPlugin)

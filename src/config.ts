@@ -79,6 +79,21 @@ const ToolSchema = Type.Object({
   maxPayload: Type.Optional(Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1, default: 1_048_576 }))
 }, { additionalProperties: false })
 
+// OpenTelemetry traces (docs/tracing.md): off unless an OTLP/HTTP endpoint is configured, here or
+// through the standard OTEL_* variables (applyOtelEnv).
+const TracingSchema = Type.Object({
+  /** The OTLP/HTTP base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to `<otlpEndpoint>/v1/traces`. */
+  otlpEndpoint: Type.Optional(Type.String({ minLength: 1 })),
+  /** The full traces URL, as OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, used as it is; wins over otlpEndpoint. */
+  otlpTracesEndpoint: Type.Optional(Type.String({ minLength: 1 })),
+  /** The `service.name` of every span. */
+  serviceName: Type.String({ minLength: 1, default: 'tollgate' }),
+  /** The share of new traces recorded (a caller's sampled flag is followed); all when absent. */
+  sampleRatio: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  /** false turns tracing off even with an endpoint (OTEL_SDK_DISABLED=true). */
+  enabled: Type.Boolean({ default: true })
+}, { additionalProperties: false, default: {} })
+
 export const ConfigSchema = Type.Object({
   server: Type.Object({
     host: Type.String({ default: '0.0.0.0' }),
@@ -143,6 +158,7 @@ export const ConfigSchema = Type.Object({
     /** What rate limiting does when the store cannot be reached: refuse (503) or let requests through. */
     onStoreError: Type.Union([Type.Literal('fail-closed'), Type.Literal('fail-open')], { default: 'fail-closed' })
   }, { additionalProperties: false, default: {} }),
+  tracing: TracingSchema,
   clients: Type.Array(ClientSchema, { default: [] }),
   trustedIssuers: Type.Array(TrustedIssuerSchema, { default: [] }),
   tools: Type.Array(ToolSchema, { default: [] })
@@ -207,6 +223,7 @@ export function loadConfig (options: LoadOptions = {}): Config {
   const doc = raw as Record<string, any>
 
   applyEnv(doc, env)
+  applyOtelEnv(doc, env)
   for (const path of DURATION_PATHS) convertDurations(doc, path.split('.'), [])
 
   const withDefaults = Value.Default(ConfigSchema, doc) as unknown
@@ -243,6 +260,32 @@ function applyEnv (doc: Record<string, any>, env: NodeJS.ProcessEnv): void {
     delete store.sqlite
     store.redis = env.TOLLGATE_REDIS_URL
   }
+}
+
+/**
+ * The OpenTelemetry SDK's standard variables that name where and how traces go. The exporter
+ * itself still reads its transport variables (OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION,
+ * _CERTIFICATE), so an API key for a hosted backend never passes through Tollgate's config.
+ */
+function applyOtelEnv (doc: Record<string, any>, env: NodeJS.ProcessEnv): void {
+  const names = ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_SERVICE_NAME', 'OTEL_SDK_DISABLED', 'OTEL_TRACES_SAMPLER']
+  if (names.every(name => nonEmpty(env[name]) === undefined)) return
+  if (typeof doc.tracing !== 'object' || doc.tracing === null) doc.tracing = {}
+  const tracing = doc.tracing as Record<string, unknown>
+  if (nonEmpty(env.OTEL_EXPORTER_OTLP_ENDPOINT) !== undefined) tracing.otlpEndpoint = env.OTEL_EXPORTER_OTLP_ENDPOINT
+  if (nonEmpty(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) !== undefined) tracing.otlpTracesEndpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+  if (nonEmpty(env.OTEL_SERVICE_NAME) !== undefined) tracing.serviceName = env.OTEL_SERVICE_NAME
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') tracing.enabled = false
+  const sampler = nonEmpty(env.OTEL_TRACES_SAMPLER)?.trim().toLowerCase()
+  if (sampler === undefined) return
+  // Tollgate always follows a caller's sampled flag (parent-based); only the root ratio is chosen.
+  if (sampler === 'always_on' || sampler === 'parentbased_always_on') tracing.sampleRatio = 1
+  else if (sampler === 'always_off' || sampler === 'parentbased_always_off') tracing.sampleRatio = 0
+  else if (sampler === 'traceidratio' || sampler === 'parentbased_traceidratio') {
+    const ratio = Number(nonEmpty(env.OTEL_TRACES_SAMPLER_ARG) ?? '1')
+    if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) throw new ConfigError('OTEL_TRACES_SAMPLER_ARG', 'must be a number from 0 to 1')
+    tracing.sampleRatio = ratio
+  } else throw new ConfigError('OTEL_TRACES_SAMPLER', 'must be always_on, always_off, traceidratio or their parentbased_ forms')
 }
 
 function convertDurations (node: any, rest: string[], trail: string[]): void {
@@ -282,6 +325,7 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
     throw new ConfigError('issuer', 'must be an http(s) URL')
   }
   checkTrustProxy(config.server.trustProxy)
+  checkTracing(config.tracing)
   if (config.tokens.accessTtl > config.tokens.maxLifetime) {
     throw new ConfigError('tokens.accessTtl', 'must not exceed tokens.maxLifetime')
   }
@@ -348,6 +392,22 @@ function checkTrustProxy (trustProxy: Config['server']['trustProxy']): void {
     proxyAddr.compile(typeof trustProxy === 'string' ? trustProxy.split(',').map(s => s.trim()) : trustProxy)
   } catch (err) {
     throw new ConfigError('server.trustProxy', (err as Error).message)
+  }
+}
+
+/** OTLP endpoints are absolute http(s) URLs without credentials (send those as OTEL_EXPORTER_OTLP_HEADERS). */
+function checkTracing (tracing: Config['tracing']): void {
+  for (const key of ['otlpEndpoint', 'otlpTracesEndpoint'] as const) {
+    const value = tracing[key]
+    if (value === undefined) continue
+    let url: URL
+    try {
+      url = new URL(value)
+    } catch {
+      throw new ConfigError(`tracing.${key}`, 'must be an absolute http(s) URL')
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`tracing.${key}`, 'must be http or https')
+    if (url.username !== '' || url.password !== '') throw new ConfigError(`tracing.${key}`, 'must not carry credentials: use OTEL_EXPORTER_OTLP_HEADERS')
   }
 }
 

@@ -5,6 +5,7 @@
 import type { Charge, QuotaUsage } from '../quota/index.js'
 import type { Principal } from '../tokens/index.js'
 import type { Tool } from '../tools/index.js'
+import type { RequestTrace } from '../tracing.js'
 
 export interface RequestContext {
   /** The request id (X-Request-Id), also sent upstream and written in every log line. */
@@ -27,6 +28,8 @@ export interface RequestContext {
   usage: QuotaUsage | undefined
   /** settle: set once the charge was given back, so a call is refunded at most once. */
   refunded: boolean
+  /** The request's spans (src/tracing.ts) when tracing is on; stages are traced through `trace?.`. */
+  trace: RequestTrace | undefined
 }
 
 /** A fresh context; every field is present from the start, so its shape never changes. */
@@ -41,7 +44,8 @@ export function createContext (id: string, ip: string): RequestContext {
     upstreamPath: undefined,
     charge: undefined,
     usage: undefined,
-    refunded: false
+    refunded: false,
+    trace: undefined
   }
 }
 

@@ -38,6 +38,7 @@ export function relayHeaders (downstream: DownstreamTokens, ctx: RequestContext,
     requestId: ctx.id,
     subject: headerSafe(principalOf(ctx).sub, 'sub'),
     ...(credential !== undefined ? { credential } : {}),
-    ...(options.websocket === true ? { websocket: true } : {})
+    ...(options.websocket === true ? { websocket: true } : {}),
+    traced: ctx.trace !== undefined
   })
 }

@@ -16,12 +16,15 @@ export default fp(async function auth (app: FastifyInstance) {
   const { tokens } = app
   // Callback style: verification is synchronous, and an async hook costs a promise per request.
   app.decorate('authenticate', (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) => {
+    const ctx = request.ctx
+    ctx.trace?.enter('authenticate')
     try {
-      authenticate(tokens, request.ctx, request.headers.authorization)
+      authenticate(tokens, ctx, request.headers.authorization)
     } catch (err) {
       done(err as Error)
       return
     }
+    ctx.trace?.leave()
     done()
   })
 }, { name: 'tollgate-auth', dependencies: ['tollgate-core'] })

@@ -20,6 +20,10 @@ const CREDENTIALS = new Set(['authorization', 'cookie'])
 // X-Forwarded-For chain is extended).
 const SET_BY_GATEWAY = new Set(['host', 'x-request-id', 'forwarded', 'x-real-ip'])
 
+// W3C Trace Context (docs/tracing.md): with tracing on, the tool gets Tollgate's own span as its
+// parent, never the caller's fields unchanged; with tracing off they pass through as any field.
+const TRACE_CONTEXT = new Set(['traceparent', 'tracestate'])
+
 /** Field names listed in a Connection header (RFC 9110 §7.6.1): they are hop-by-hop too. */
 function connectionListed (headers: IncomingHttpHeaders): Set<string> | undefined {
   const value = headers.connection
@@ -43,6 +47,8 @@ export interface ForwardContext {
   credential?: { name: string, value: string }
   /** A WebSocket handshake keeps its Upgrade header and Sec-WebSocket-* fields are set by ws. */
   websocket?: boolean
+  /** Tracing is on: the caller's traceparent and tracestate are dropped (src/tracing.ts sets Tollgate's). */
+  traced?: boolean
 }
 
 /** The headers to send upstream for a caller's request. */
@@ -56,6 +62,7 @@ export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, ctx: Forw
     if (name.startsWith('proxy-') || name.startsWith('x-forwarded-') || name.startsWith('x-auth-')) continue
     if (listed?.has(name) === true) continue
     if (ctx.websocket === true && name.startsWith('sec-websocket-')) continue
+    if (ctx.traced === true && TRACE_CONTEXT.has(name)) continue
     out[name] = value
   }
   const chain = ctx.trustedPeer ? incoming['x-forwarded-for'] : undefined

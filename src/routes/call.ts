@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, Hook
 import { Type } from 'typebox'
 import { duplicateKey } from '../json/duplicate-keys.js'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
-import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival } from '../pipeline/index.js'
+import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival, type RequestContext } from '../pipeline/index.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
@@ -90,26 +90,55 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
 
   /** onRequest: authenticate (Authorization; for a WebSocket handshake also the `bearer.` subprotocol). */
   const authenticateCall = (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void => {
+    const ctx = request.ctx
+    ctx.trace?.enter('authenticate')
     try {
       const authorization = request.headers.authorization
-      authenticate(tokens, request.ctx, authorization, authorization === undefined ? subprotocolToken(request) : undefined)
+      authenticate(tokens, ctx, authorization, authorization === undefined ? subprotocolToken(request) : undefined)
     } catch (err) {
       done(err as Error)
       return
     }
+    ctx.trace?.leave()
     done()
   }
 
   /** preHandler: limit → meter, after authorize (and, for a pass-through, the path check). */
   const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool): Promise<void> => {
-    await limit(limiters, request.ctx)
-    const quotaFields = await meter(quotas, request.ctx, tool.cost)
+    const ctx = request.ctx
+    ctx.trace?.enter('limit')
+    await limit(limiters, ctx)
+    ctx.trace?.enter('meter')
+    const quotaFields = await meter(quotas, ctx, tool.cost)
+    ctx.trace?.leave()
     if (quotaFields !== undefined) reply.headers(quotaFields)
+  }
+
+  /** authorize for /call: the named tool, its audience and scopes. */
+  const authorizeCall = (ctx: RequestContext, name: unknown): Tool => {
+    ctx.trace?.enter('authorize')
+    const tool = authorizeTool(tools, ctx, name)
+    ctx.trace?.leave()
+    return tool
+  }
+
+  /** relay: the upstream request's headers. */
+  const relayCall = (request: FastifyRequest, tool: Tool, options?: { websocket: boolean }): Record<string, string | string[]> => {
+    const ctx = request.ctx
+    ctx.trace?.enter('relay')
+    const headers = relayHeaders(downstream, ctx, tool, arrival(request), options)
+    ctx.trace?.leave()
+    return headers
   }
 
   /** settle with the reply still Fastify's: a refund updates the RateLimit fields of the answer. */
   const settleReply = async (request: FastifyRequest, reply: FastifyReply | undefined, failed: boolean): Promise<void> => {
-    const quotaFields = await settle(quotas, request.ctx, failed, request.log)
+    const ctx = request.ctx
+    // Only a failed call has anything to settle (a refund): only it gets a span.
+    const trace = failed ? ctx.trace : undefined
+    trace?.enter('settle')
+    const quotaFields = await settle(quotas, ctx, failed, request.log)
+    trace?.leave({ 'tollgate.refunded': ctx.refunded })
     if (quotaFields !== undefined && reply !== undefined && !reply.sent) reply.headers(quotaFields)
   }
 
@@ -136,15 +165,19 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
    */
   async function forward (request: FastifyRequest, reply: FastifyReply, tool: Tool, req: UpstreamRequest): Promise<FastifyReply> {
     const started = process.hrtime.bigint()
+    const trace = request.ctx.trace
+    trace?.upstream(req.method, tool.url, req.headers)
     let answer
     try {
       answer = await upstreams.send(tool, req)
     } catch (err) {
       const e = translate(err)
+      trace?.upstreamFailed(e)
       if (e instanceof UpstreamUnavailable || e instanceof UpstreamTimeout) await settleReply(request, reply, true)
       throw e
     }
     metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - started) / 1e9)
+    trace?.upstreamAnswered(answer.statusCode)
     if (answer.statusCode >= 500) await settleReply(request, reply, true)
     // The tool's headers (callerResponseHeaders); Tollgate's own (request id, quota) win over
     // anything the tool sent under the same names.
@@ -154,7 +187,10 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     reply.hijack()
     // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
     // away is not.
-    answer.relayTo(reply.raw, headers, () => { settleReply(request, undefined, true).catch(() => {}) })
+    answer.relayTo(reply.raw, headers, (err) => {
+      trace?.upstreamFailed(err)
+      settleReply(request, undefined, true).catch(() => {})
+    })
     return reply
   }
 
@@ -193,7 +229,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
       preHandler: async (request, reply) => {
-        const tool = authorizeTool(tools, request.ctx, (request.body as { tool: string }).tool)
+        const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
         await limitAndMeter(request, reply, tool)
       }
     }, async (request, reply) => {
@@ -202,7 +238,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       return await forward(request, reply, tool, {
         method: 'POST',
         path: tool.url.pathname,
-        headers: relayHeaders(downstream, ctx, tool, arrival(request)),
+        headers: relayCall(request, tool),
         body: ctx.body ?? null
       })
     })
@@ -216,7 +252,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
 
     const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
       const ctx = request.ctx
-      const tool = authorizeTool(tools, ctx, (request.params as { tool: string }).tool)
+      const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)
@@ -228,7 +264,10 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       const path = ctx.upstreamPath as string
       if (isUpgrade(request)) {
         try {
-          await relay.relay(request, reply, { tool, path, headers: relayHeaders(downstream, ctx, tool, arrival(request), { websocket: true }), principal: principalOf(ctx) })
+          const headers = relayCall(request, tool, { websocket: true })
+          // No client span for a WebSocket: the tool's parent is the request's span.
+          ctx.trace?.inject(headers)
+          await relay.relay(request, reply, { tool, path, headers, principal: principalOf(ctx) })
         } catch (err) {
           await settleReply(request, reply, true)
           throw err
@@ -245,7 +284,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       return await forward(request, reply, tool, {
         method: request.method as UpstreamRequest['method'],
         path,
-        headers: relayHeaders(downstream, ctx, tool, arrival(request)),
+        headers: relayCall(request, tool),
         body
       })
     }

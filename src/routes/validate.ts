@@ -119,17 +119,27 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
     // in this process: this is the gateway's hottest route.
     onRequest: app.authenticate,
     preHandler: (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) => {
+      const ctx = request.ctx
       let counting
       try {
         const query = request.query as ForwardAuthQuery
-        authorize(request.ctx, { audience: query.audience ?? defaultAudience, scopes: spaceList(query.scope) })
-        counting = limit(app.limiters, request.ctx)
+        ctx.trace?.enter('authorize')
+        authorize(ctx, { audience: query.audience ?? defaultAudience, scopes: spaceList(query.scope) })
+        ctx.trace?.enter('limit')
+        counting = limit(app.limiters, ctx)
       } catch (err) {
         done(err as Error)
         return
       }
-      if (counting === undefined) done()
-      else counting.then(() => { done() }, done)
+      if (counting === undefined) {
+        ctx.trace?.leave()
+        done()
+      } else {
+        counting.then(() => {
+          ctx.trace?.leave()
+          done()
+        }, done)
+      }
     },
     onError: (_request, _reply, err, done) => {
       metrics.validations.inc({ endpoint: 'forward_auth', result: (err as TollgateError).code ?? 'error' })
