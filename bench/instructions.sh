@@ -15,6 +15,9 @@
 #
 #   bash bench/instructions.sh            (needs valgrind: apt-get install valgrind; run `npm run build` first)
 #   REQUESTS=3000 WARMUP=9000 KEEP=1 CALL=1 bash bench/instructions.sh   (KEEP: keep the callgrind files)
+#   TOLLGATE_LOG_LEVEL=info bash bench/instructions.sh   (Tollgate's default level, access log on, as
+#                                                         `npm run bench` runs it; warn when unset, the
+#                                                         level the recorded counts were taken at)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REQUESTS=${REQUESTS:-3000}
@@ -89,11 +92,13 @@ if [ -n "${CALL:-}" ]; then
   STOCK_PID=$!; PIDS+=("$STOCK_PID")
 fi
 
-# Tollgate as `npm run bench` runs it (SQLite, limits far above what is sent, log level warn).
+# Tollgate with the config `npm run bench` runs (bench/tollgate-config.js: SQLite, defaults but for
+# limits far above what is sent), but at log level warn unless TOLLGATE_LOG_LEVEL says otherwise,
+# so that its counts compare with the ones recorded in bench/README.md (taken at warn).
 TG_PORT=$(free_port)
 SECRET=$(node -e "console.log(require('crypto').randomBytes(24).toString('base64url'))")
 node "$ROOT/bench/tollgate-config.js" "$TG_PORT" "http://127.0.0.1:$UP_PORT" >"$WORK/tollgate.yaml"
-TOLLGATE_DATA_DIR=$WORK/data TOLLGATE_LOG_LEVEL=warn BENCH_CLIENT_SECRET=$SECRET \
+TOLLGATE_DATA_DIR=$WORK/data TOLLGATE_LOG_LEVEL=${TOLLGATE_LOG_LEVEL:-warn} BENCH_CLIENT_SECRET=$SECRET \
   TOLLGATE_SECRET=$(node -e "console.log(require('crypto').randomBytes(32).toString('base64'))") \
   "${CG[@]}" --callgrind-out-file="$WORK/tollgate.%p" node "$ROOT/dist/cli.js" serve --config "$WORK/tollgate.yaml" >"$WORK/tollgate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")

@@ -37,7 +37,8 @@ async function withKeys<T> (config: Config, fn: (keys: import('./keys/index.js')
       algorithm: config.keys.algorithm,
       rotateAfter: config.keys.rotateAfter,
       publishAhead: config.keys.publishAhead ?? config.keys.jwksMaxAge + 50,
-      retireGrace: config.tokens.maxLifetime + config.tokens.leeway
+      retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
+      log: { error: (obj, msg) => { process.stderr.write(`${msg}: ${JSON.stringify(obj)}\n`) } }
     })
     await keys.init()
     return await fn(keys)

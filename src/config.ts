@@ -74,7 +74,9 @@ const ToolSchema = Type.Object({
   timeout: Type.Number({ exclusiveMinimum: 0, default: 30 }),
   auth: Type.Optional(ToolAuth),
   refundOnFailure: Type.Boolean({ default: true }),
-  websocket: Type.Boolean({ default: false })
+  websocket: Type.Boolean({ default: false }),
+  // The largest WebSocket message (bytes) accepted from either side; larger ones close with 1009.
+  maxPayload: Type.Optional(Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1, default: 1_048_576 }))
 }, { additionalProperties: false })
 
 export const ConfigSchema = Type.Object({
@@ -117,6 +119,16 @@ export const ConfigSchema = Type.Object({
     maxLifetime: Type.Number({ exclusiveMinimum: 0, default: 86400 })
   }, { additionalProperties: false, default: {} }),
   introspection: Type.Object({ public: Type.Boolean({ default: false }) }, { additionalProperties: false, default: {} }),
+  forwardAuth: Type.Object({
+    /** The audience GET /validate requires when the proxy names none (`?audience=`). */
+    defaultAudience: Type.Optional(Type.String({ minLength: 1 }))
+  }, { additionalProperties: false, default: {} }),
+  metrics: Type.Object({
+    /** An environment variable holding a bearer token that GET /metrics then requires. */
+    tokenEnv: Type.Optional(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
+    /** Filled from tokenEnv by this module; never written in YAML. */
+    token: Type.Optional(Type.String())
+  }, { additionalProperties: false, default: {} }),
   rateLimits: Type.Object({
     token: Type.Intersect([Limit], { default: { max: 30, window: 60 } }),
     perIp: Type.Intersect([Limit], { default: { max: 600, window: 60 } }),
@@ -275,6 +287,12 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
   }
   if (config.secret !== undefined && Buffer.byteLength(config.secret) < 32) {
     throw new ConfigError('TOLLGATE_SECRET', 'must be at least 32 bytes (e.g. `openssl rand -base64 32`)')
+  }
+  if (config.metrics.token !== undefined) throw new ConfigError('metrics.token', 'plaintext tokens are not accepted: use metrics.tokenEnv')
+  if (config.metrics.tokenEnv !== undefined) {
+    const value = env[config.metrics.tokenEnv]
+    if (value === undefined || value.length < 16) throw new ConfigError('metrics.tokenEnv', `environment variable ${config.metrics.tokenEnv} must hold a token of at least 16 characters`)
+    config.metrics.token = value
   }
   const ids = new Set<string>()
   config.clients.forEach((client, i) => {

@@ -13,7 +13,7 @@ export async function serve (config: Config): Promise<FastifyInstance> {
     await app.close()
   })
   await app.listen({ host: config.server.host, port: config.server.port })
-  app.log.info({ config: config.source, store: app.store.kind, issuer: config.issuer, kid: app.keys.signingKey().kid, clients: app.clients.size }, 'tollgate ready')
+  app.log.info({ config: config.source, store: app.store.kind, issuer: config.issuer, kid: app.keys.list().find(k => k.state === 'current' && !app.keys.refused().includes(k.kid))?.kid, clients: app.clients.size }, 'tollgate ready')
   if (config.demo !== undefined) {
     const address = app.server.address()
     const port = typeof address === 'object' && address !== null ? address.port : config.server.port

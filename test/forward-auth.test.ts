@@ -120,3 +120,32 @@ t.test('accessLog: false writes no access line', async t => {
   t.equal(gw.lines.filter(l => l.msg === 'request').length, 0)
   t.ok(gw.lines.some(l => l.audit === 'token.issued'), 'other lines are still written')
 })
+
+t.test('forwardAuth.defaultAudience is required when the proxy names no audience', async t => {
+  const gw = await gateway(t, testConfig(t, { forwardAuth: { defaultAudience: 'tool:search' } }))
+  const chat = (await issue(gw.app, { audience: 'tool:chat' })).access_token
+  const both = (await issue(gw.app)).access_token
+  const refused = await get(gw.base, '/validate', bearer(chat))
+  t.equal(refused.status, 401, 'a token for another service does not pass without ?audience')
+  t.match(refused.headers['www-authenticate'], /error="invalid_token"/)
+  t.equal((await get(gw.base, '/validate', bearer(both))).status, 200, 'a token for the default audience passes')
+  t.equal((await get(gw.base, '/validate?audience=tool:chat', bearer(chat))).status, 200, 'an audience the proxy names takes its place')
+  const plain = await gateway(t, testConfig(t))
+  t.equal((await get(plain.base, '/validate', bearer((await issue(plain.app, { audience: 'tool:chat' })).access_token))).status, 200, 'control: without the setting, any audience passes')
+})
+
+t.test('metrics.tokenEnv protects GET /metrics with a bearer token', async t => {
+  const secret = 'metrics-token-0123456789abcdef'
+  const gw = await gateway(t, testConfig(t, { metrics: { tokenEnv: 'SCRAPE_TOKEN' } }, { SCRAPE_TOKEN: secret }))
+  const none = await get(gw.base, '/metrics')
+  t.equal(none.status, 401)
+  t.equal(none.headers['www-authenticate'], 'Bearer realm="tollgate"')
+  t.equal((await get(gw.base, '/metrics', bearer('metrics-token-0123456789abcdeX'))).status, 401, 'a wrong token')
+  t.equal((await get(gw.base, '/metrics', bearer((await issue(gw.app)).access_token))).status, 401, 'an access token is not the metrics token')
+  const ok = await get(gw.base, '/metrics', bearer(secret))
+  t.equal(ok.status, 200)
+  t.match(ok.body, /^# HELP /m)
+  t.notOk(JSON.stringify(gw.lines).includes(secret), 'the token is never logged')
+  t.throws(() => testConfig(t, { metrics: { tokenEnv: 'SCRAPE_TOKEN' } }, { SCRAPE_TOKEN: 'short' }), /^config: metrics\.tokenEnv: /)
+  t.throws(() => testConfig(t, { metrics: { token: secret } }), /^config: metrics\.token: /)
+})

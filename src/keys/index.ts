@@ -7,9 +7,14 @@
 //   current  the newest key with activatesAt <= now: signs
 //   retired  an older key: published until (the time it stopped signing) + max token lifetime + leeway
 //   removed  past that: deleted from the store
+//
+// Every record is checked when it is first read (material.ts openKeyRecord): one that does not
+// decrypt, or whose kid, alg or public JWK does not match its private key, is refused: logged
+// once, never published, never used to sign or verify, and healthy() is false while it is stored.
 import type { KeyObject } from 'node:crypto'
 import type { KeyRecord, Store } from '../store/index.js'
-import { assertKeyStrength, decryptPrivateKey, deriveKek, encryptPrivateKey, generateKey, publicKeyFromJwk, type SigningAlgorithm } from './material.js'
+import { OAuthError } from '../errors.js'
+import { KeyRecordRefused, deriveKek, encryptPrivateKey, generateKey, openKeyRecord, type SigningAlgorithm } from './material.js'
 
 export type KeyState = 'next' | 'current' | 'retired' | 'removed'
 
@@ -48,6 +53,8 @@ export interface KeyManagerOptions {
   /** Seconds: the longest lifetime any token can have, plus leeway (how long a retired key stays published). */
   retireGrace: number
   clock?: () => number
+  /** Where a refused key record is reported (pino-shaped); nothing but its kid and the rule. */
+  log?: { error: (obj: object, msg: string) => void }
 }
 
 export class KeyManager {
@@ -56,7 +63,9 @@ export class KeyManager {
   readonly #opts: KeyManagerOptions
   readonly #clock: () => number
   /** Decrypted material by kid; key rows never change, so a kid's material is loaded once. */
-  readonly #material = new Map<string, { record: KeyRecord, privateKey: KeyObject, publicKey: KeyObject }>()
+  readonly #material = new Map<string, { record: KeyRecord, privateKey: KeyObject, publicKey: KeyObject, publicJwk: Record<string, unknown> }>()
+  /** Stored records that failed their check, by kid: the reason last logged. */
+  readonly #refused = new Map<string, KeyRecordRefused>()
   #records: KeyRecord[] = []
   #published = new Map<string, VerificationKey>()
   #jwks = '{"keys":[]}'
@@ -72,6 +81,9 @@ export class KeyManager {
   /** Loads the key set, creating the first key when the store has none. */
   async init (): Promise<void> {
     await this.reload()
+    // A secret that opens none of the stored keys is a configuration mistake: stop at startup.
+    const refused = [...this.#refused.values()]
+    if (this.#material.size === 0 && refused.length > 0 && refused.every(r => r.undecryptable)) throw refused[0] as KeyRecordRefused
     if (this.#records.length === 0) await this.#createFirst()
   }
 
@@ -89,13 +101,22 @@ export class KeyManager {
     const records = await this.#store.listKeys()
     for (const record of records) {
       if (this.#material.has(record.kid)) continue
-      const privateKey = decryptPrivateKey(record.privateEnc, record.kid, this.#kek)
-      const publicKey = publicKeyFromJwk(record.publicJwk)
-      assertKeyStrength(publicKey, record.alg)
-      this.#material.set(record.kid, { record, privateKey, publicKey })
+      try {
+        this.#material.set(record.kid, { record, ...openKeyRecord(record, this.#kek) })
+        this.#refused.delete(record.kid)
+      } catch (err) {
+        if (!(err instanceof KeyRecordRefused)) throw err
+        if (this.#refused.get(record.kid)?.reason !== err.reason) {
+          this.#opts.log?.error({ event: 'keys.refused', kid: err.kid.slice(0, 64), reason: err.reason }, 'refused a stored signing key: it is not used to sign or verify')
+        }
+        this.#refused.set(record.kid, err)
+      }
     }
     for (const kid of this.#material.keys()) {
       if (!records.some(r => r.kid === kid)) this.#material.delete(kid)
+    }
+    for (const kid of this.#refused.keys()) {
+      if (!records.some(r => r.kid === kid)) this.#refused.delete(kid)
     }
     this.#records = records.sort((a, b) => a.activatesAt - b.activatesAt || a.createdAt - b.createdAt)
     this.#refreshPublished()
@@ -167,7 +188,8 @@ export class KeyManager {
     let current: KeyRecord | undefined
     for (const r of this.#records) if (r.activatesAt <= now) current = r
     const material = current === undefined ? undefined : this.#material.get(current.kid)
-    if (current === undefined || material === undefined) throw new Error('no signing key is loaded')
+    // A 503, not a 500: the key set is unusable until an operator rotates or restores it.
+    if (current === undefined || material === undefined) throw new OAuthError('temporarily_unavailable', 'no signing key is available', 503)
     return { kid: current.kid, alg: current.alg, privateKey: material.privateKey }
   }
 
@@ -182,14 +204,20 @@ export class KeyManager {
     return this.#jwks
   }
 
-  /** True when a key can sign now and the set is loaded. */
+  /** True when a key can sign now and no stored key was refused. */
   healthy (): boolean {
+    if (this.#refused.size > 0) return false
     try {
       this.signingKey()
       return true
     } catch {
       return false
     }
+  }
+
+  /** The kids of stored records that failed their check (see the top of this file). */
+  refused (): string[] {
+    return [...this.#refused.keys()]
   }
 
   #refreshPublished (): void {
@@ -202,7 +230,7 @@ export class KeyManager {
       const material = this.#material.get(info.kid)
       if (material === undefined) continue
       map.set(info.kid, { kid: info.kid, alg: info.alg, publicKey: material.publicKey })
-      keys.push(material.record.publicJwk)
+      keys.push(material.publicJwk)
     }
     this.#published = map
     this.#jwks = JSON.stringify({ keys })

@@ -1,5 +1,6 @@
-// Key material: generation, RFC 7638 thumbprints, and AES-256-GCM encryption of private keys
-// under the key-encryption secret. Pure functions over node:crypto; no state, no store.
+// Key material: generation, RFC 7638 thumbprints, AES-256-GCM encryption of private keys under the
+// key-encryption secret, and the check that a stored record is whole (openKeyRecord). Pure
+// functions over node:crypto; no state, no store.
 import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, hkdfSync, randomBytes, type KeyObject } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -34,11 +35,6 @@ export function thumbprint (jwk: Record<string, unknown>): string {
   return createHash('sha256').update(JSON.stringify(members)).digest('base64url')
 }
 
-export function publicKeyFromJwk (jwk: Record<string, unknown>): KeyObject {
-  const { kid, alg, use, key_ops: _ops, ...material } = jwk
-  return createPublicKey({ key: material as any, format: 'jwk' })
-}
-
 /** RFC 8725 §3.5 / SECURITY.md: refuse weak keys at startup. */
 export function assertKeyStrength (key: KeyObject, alg: SigningAlgorithm): void {
   const details = key.asymmetricKeyDetails ?? {}
@@ -65,19 +61,83 @@ export function encryptPrivateKey (key: KeyObject, kid: string, kek: Buffer): st
   return ['v1', iv.toString('base64url'), body.toString('base64url'), cipher.getAuthTag().toString('base64url')].join('.')
 }
 
+/** AES-GCM: a 96-bit IV and the full 128-bit tag (NIST SP 800-38D §5.2.1.2); a shorter tag is forgeable. */
+const GCM_IV_BYTES = 12
+const GCM_TAG_BYTES = 16
+
+/**
+ * A stored key record that cannot be used: it does not decrypt, or what is stored in clear (kid,
+ * alg, public JWK) does not match the private key. The message names the kid and the rule, never
+ * any key material. `undecryptable` tells a wrong secret (or a re-encrypted row) from a row whose
+ * clear fields were altered.
+ */
+export class KeyRecordRefused extends Error {
+  constructor (readonly kid: string, readonly reason: string, readonly undecryptable = false, options?: ErrorOptions) {
+    super(`key ${kid.slice(0, 64)}: ${reason}`, options)
+    this.name = 'KeyRecordRefused'
+  }
+}
+
 export function decryptPrivateKey (blob: string, kid: string, kek: Buffer): KeyObject {
-  const [version, iv, body, tag] = blob.split('.')
-  if (version !== 'v1' || iv === undefined || body === undefined || tag === undefined) throw new Error(`key ${kid}: unknown encryption format`)
-  const decipher = createDecipheriv('aes-256-gcm', kek, Buffer.from(iv, 'base64url'))
+  const [version, ivText, body, tagText, ...rest] = blob.split('.')
+  if (version !== 'v1' || ivText === undefined || body === undefined || tagText === undefined || rest.length > 0) throw new KeyRecordRefused(kid, 'unknown encryption format')
+  const iv = Buffer.from(ivText, 'base64url')
+  const tag = Buffer.from(tagText, 'base64url')
+  if (iv.length !== GCM_IV_BYTES) throw new KeyRecordRefused(kid, `the GCM IV is ${iv.length} bytes, not ${GCM_IV_BYTES}`)
+  // Without authTagLength, Node accepts a tag as short as 4 bytes, which an attacker can guess.
+  if (tag.length !== GCM_TAG_BYTES) throw new KeyRecordRefused(kid, `the GCM tag is ${tag.length} bytes, not ${GCM_TAG_BYTES}`)
+  const decipher = createDecipheriv('aes-256-gcm', kek, iv, { authTagLength: GCM_TAG_BYTES })
   decipher.setAAD(Buffer.from(kid))
-  decipher.setAuthTag(Buffer.from(tag, 'base64url'))
+  decipher.setAuthTag(tag)
   let der: Buffer
   try {
     der = Buffer.concat([decipher.update(Buffer.from(body, 'base64url')), decipher.final()])
   } catch (err) {
-    throw new Error(`key ${kid}: cannot decrypt the key set with this secret (is TOLLGATE_SECRET the one the keys were created with?)`, { cause: err })
+    throw new KeyRecordRefused(kid, 'cannot decrypt the key set with this secret (is TOLLGATE_SECRET the one the keys were created with?)', true, { cause: err })
   }
   return createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
+}
+
+/** The public JWK a key publishes: the public half derived from the private key, then kid, alg, use. */
+export function publishedJwk (privateKey: KeyObject, kid: string, alg: SigningAlgorithm): Record<string, unknown> {
+  const jwk = createPublicKey(privateKey).export({ format: 'jwk' }) as Record<string, unknown>
+  return { ...jwk, kid, alg, use: 'sig' }
+}
+
+export interface OpenedKey {
+  privateKey: KeyObject
+  publicKey: KeyObject
+  /** Built from the private key, never copied from the record. */
+  publicJwk: Record<string, unknown>
+}
+
+/**
+ * Opens a stored key record and checks it is whole. The private half is authenticated by AES-GCM
+ * (its kid is the associated data); everything else is stored in clear, so it is checked against
+ * the private half: the public key is derived from it, the kid must be its RFC 7638 thumbprint, the
+ * alg must fit it, and the stored public JWK must equal the derived one. Whoever can write the store
+ * but not read the secret therefore cannot swap in a public key of their own. Every kid Tollgate
+ * has written is the thumbprint (generateKey, since the first version), so no older form is accepted.
+ */
+export function openKeyRecord (record: { kid: string, alg: SigningAlgorithm, publicJwk: Record<string, unknown>, privateEnc: string }, kek: Buffer): OpenedKey {
+  const { kid, alg } = record
+  const privateKey = decryptPrivateKey(record.privateEnc, kid, kek)
+  const publicKey = createPublicKey(privateKey)
+  try {
+    assertKeyStrength(publicKey, alg)
+  } catch (err) {
+    throw new KeyRecordRefused(kid, `the alg does not fit the key (${(err as Error).message})`)
+  }
+  const publicJwk = publishedJwk(privateKey, kid, alg)
+  if (thumbprint(publicJwk) !== kid) throw new KeyRecordRefused(kid, 'the kid is not the RFC 7638 thumbprint of the private key')
+  if (!sameMembers(record.publicJwk, publicJwk)) throw new KeyRecordRefused(kid, 'the stored public JWK does not match the private key')
+  return { privateKey, publicKey, publicJwk }
+}
+
+function sameMembers (a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  if (typeof a !== 'object' || a === null) return false
+  const keys = Object.keys(b)
+  return Object.keys(a).length === keys.length && keys.every(k => Object.hasOwn(a, k) && a[k] === b[k])
 }
 
 /**

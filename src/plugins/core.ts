@@ -54,7 +54,8 @@ export default fp<CoreOptions>(async function core (app, opts) {
     rotateAfter: config.keys.rotateAfter,
     publishAhead: config.keys.publishAhead ?? config.keys.jwksMaxAge + 2 * keyReloadMs / 1000 + 30,
     retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
-    clock
+    clock,
+    log: app.log
   })
   await keys.init()
   await keys.maintain()

@@ -33,6 +33,20 @@ export function splitCallUrl (rawUrl: string): SplitUrl {
   return { tool: afterPrefix.slice(0, slash), rest: afterPrefix.slice(slash + 1), search }
 }
 
+/** How many percent-decodings of a segment are checked: a server that decodes twice (or thrice) sees these. */
+const DECODE_LEVELS = 3
+
+/**
+ * A segment some server would take as a dot segment: `.` or `..` once matrix parameters are cut
+ * (`..;x`: Tomcat, Jetty, Spring), trailing dots and spaces trimmed (`...`, `.. `: IIS and
+ * Windows), and compatibility forms folded (`．．`, full-width dots: NFKC).
+ */
+function isDotLike (segment: string): boolean {
+  const semicolon = segment.indexOf(';')
+  const path = (semicolon === -1 ? segment : segment.slice(0, semicolon)).normalize('NFKC')
+  return path !== '' && /^[.\s]+$/.test(path)
+}
+
 /** Checks the raw rest of a path; throws BadPath (400) for anything that could leave the base. */
 export function checkRest (rest: string): void {
   if (rest === '') return
@@ -44,13 +58,20 @@ export function checkRest (rest: string): void {
     // An empty segment is `//` (or a leading '/'), which could start an authority; a trailing
     // slash is fine.
     if (raw === '' && i !== segments.length - 1) throw new BadPath('empty path segments (//) are not allowed')
-    let segment: string
-    try {
-      segment = decodeURIComponent(raw)
-    } catch {
-      throw new BadPath('malformed percent-encoding in the path')
+    if (isDotLike(raw)) throw new BadPath('dot segments are not allowed in the path')
+    // Each further decoding a server might apply (`%252e%252e` is `..` to one that decodes twice):
+    // no level may be a dot segment or hold a separator or control character.
+    let segment = raw
+    for (let level = 1; level <= DECODE_LEVELS && segment.includes('%'); level++) {
+      try {
+        segment = decodeURIComponent(segment)
+      } catch {
+        if (level === 1) throw new BadPath('malformed percent-encoding in the path')
+        break // a literal '%' in the decoded text: what a server that decodes again would refuse too
+      }
+      if (isDotLike(segment)) throw new BadPath('dot segments are not allowed in the path')
+      if (/[/\\\x00-\x1f\x7f]/.test(segment)) throw new BadPath('the path contains an encoded separator or control character')
     }
-    if (segment === '.' || segment === '..') throw new BadPath('dot segments are not allowed in the path')
   })
 }
 

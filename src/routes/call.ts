@@ -6,6 +6,7 @@
 import type { SwaggerTransform } from '@fastify/swagger'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, HookHandlerDoneFunction } from 'fastify'
 import { Type } from 'typebox'
+import { duplicateKey } from '../json/duplicate-keys.js'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
 import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival } from '../pipeline/index.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
@@ -163,7 +164,20 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const parseJson = scope.getDefaultJsonParser('error', 'error')
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
       request.ctx.body = body as Buffer
-      parseJson(request, (body as Buffer).toString('utf8'), done)
+      const text = (body as Buffer).toString('utf8')
+      parseJson(request, text, (err, parsed) => {
+        if (err !== null) {
+          done(err, undefined)
+          return
+        }
+        // The exact bytes are forwarded: a name the tool could read differently is refused.
+        const repeated = duplicateKey(text)
+        if (repeated !== undefined) {
+          done(new TollgateError('invalid_request', 400, `the body repeats the member name ${JSON.stringify(repeated.slice(0, 64))}`), undefined)
+          return
+        }
+        done(null, parsed)
+      })
     })
     scope.post('/call', {
       schema: {

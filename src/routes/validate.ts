@@ -24,6 +24,9 @@ interface ForwardAuthQuery {
 
 export default async function validateRoutes (app: FastifyInstance): Promise<void> {
   const { metrics } = app
+  // A proxy that names no audience still gets one checked, when configured (a token for another
+  // service must not open this one).
+  const defaultAudience = app.config.forwardAuth.defaultAudience
 
   app.post('/validate', {
     bodyLimit: INTROSPECTION_BODY_LIMIT,
@@ -119,7 +122,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
       let counting
       try {
         const query = request.query as ForwardAuthQuery
-        authorize(request.ctx, { audience: query.audience, scopes: spaceList(query.scope) })
+        authorize(request.ctx, { audience: query.audience ?? defaultAudience, scopes: spaceList(query.scope) })
         counting = limit(app.limiters, request.ctx)
       } catch (err) {
         done(err as Error)

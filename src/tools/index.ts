@@ -5,6 +5,9 @@ import type { ToolConfig } from '../config.js'
 import { ConfigError, parseToolUrl } from '../config.js'
 import { ToolNotFound } from '../errors.js'
 
+/** Bytes: tools[].maxPayload when unset (ws's own default is 100 MiB). */
+export const DEFAULT_MAX_PAYLOAD = 1_048_576
+
 export type ToolAuth =
   | { kind: 'token' }
   | { kind: 'none' }
@@ -26,6 +29,8 @@ export interface Tool {
   auth: ToolAuth
   refundOnFailure: boolean
   websocket: boolean
+  /** Bytes: the largest WebSocket message relayed either way (RFC 6455 §7.4.1: 1009 above it). */
+  maxPayload: number
 }
 
 export class ToolRegistry {
@@ -70,6 +75,8 @@ function toTool (c: ToolConfig, key: string): Tool {
     }
     auth = { kind: 'header', header, value: c.auth.value }
   }
+  const maxPayload = c.maxPayload ?? DEFAULT_MAX_PAYLOAD
+  if (!Number.isSafeInteger(maxPayload) || maxPayload < 1) throw new ConfigError(`${key}.maxPayload`, 'must be a positive number of bytes')
   return {
     name: c.name,
     url,
@@ -81,6 +88,7 @@ function toTool (c: ToolConfig, key: string): Tool {
     timeoutMs: Math.max(1, Math.round(c.timeout * 1000)),
     auth,
     refundOnFailure: c.refundOnFailure,
-    websocket: c.websocket
+    websocket: c.websocket,
+    maxPayload
   }
 }
