@@ -33,6 +33,15 @@ new Function('f', '%DebugPrint(f)')(process.nextTick)
 
 interface Feedback { pinned: boolean, states: string[] }
 
+/** The properties of nextTick's tick-object literal, from its source in this Node: async id, trigger
+ * id, callback and args on Node 20; Node 22 and 24 add the async context frame. One literal slot each. */
+function tickObjectProperties (): string[] {
+  const literal = /const tickObject = \{([^}]*)\}/.exec(process.nextTick.toString())
+  if (literal === null) throw new Error('no tick-object literal in the source of process.nextTick')
+  return (literal[1] as string).split(',').map(p => p.trim()).filter(p => p !== '')
+}
+const PROPERTIES = tickObjectProperties()
+
 /** The states of nextTick's DefineKeyedOwnPropertyInLiteral slots, one per property of the literal. */
 async function literalFeedback (pin: boolean): Promise<Feedback> {
   // %DebugPrint writes through C stdio; Node makes a piped stdout non-blocking, which loses part of
@@ -68,16 +77,19 @@ t.before(() => {
 t.test('with the shape pinned, tick objects keep one map chain through full collections', async (t) => {
   const fb = await literalFeedback(true)
   t.equal(fb.pinned, true, 'a tick object is held')
-  t.ok(fb.states.length >= 4, `the literal's slots (${fb.states.length}) were read`)
-  t.same(fb.states, fb.states.map(() => 'MONOMORPHIC'), 'every slot stays monomorphic')
+  t.same(PROPERTIES.slice(0, 2), ['[async_id_symbol]: asyncId', '[trigger_async_id_symbol]: triggerAsyncId'], 'the literal starts with async id and trigger id')
+  t.same(PROPERTIES.slice(-2), ['callback', 'args'], 'and ends with callback and args')
+  if (process.versions.v8.startsWith('11.3.')) t.equal(PROPERTIES.length, 4, `V8 ${process.versions.v8} (Node 20): four properties`)
+  t.equal(fb.states.length, PROPERTIES.length, `one literal slot per property: ${PROPERTIES.join(', ')}`)
+  t.same(fb.states, PROPERTIES.map(() => 'MONOMORPHIC'), 'every slot stays monomorphic')
 })
 
 t.test('control: without the pin the same collections make the later slots megamorphic', async (t) => {
   const fb = await literalFeedback(false)
   t.equal(fb.pinned, false)
-  t.ok(fb.states.length >= 4)
+  t.equal(fb.states.length, PROPERTIES.length)
   if (tickShapeProblemReproduced()) {
-    t.same(fb.states.slice(1), fb.states.slice(1).map(() => 'MEGAMORPHIC'), `V8 ${process.versions.v8}: the maps die and the caches go megamorphic`)
+    t.same(fb.states.slice(1), PROPERTIES.slice(1).map(() => 'MEGAMORPHIC'), `V8 ${process.versions.v8}: the maps die and the caches go megamorphic (the pin is on for this V8)`)
   } else {
     t.comment(`V8 ${process.versions.v8}: without the pin the slots are ${fb.states.join(', ')}`)
   }
