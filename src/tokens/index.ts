@@ -12,7 +12,6 @@ import { expired, validateClaims } from './claims.js'
 import { keySigner, keyVerifier, verifyWith, type JwtSigner, type JwtVerifier } from './jwt.js'
 import { MAX_TOKEN_LENGTH, precheck, TokenRefused } from './precheck.js'
 
-export { MAX_TOKEN_LENGTH, TokenRefused }
 
 export interface QuotaClaim {
   limit: number
