@@ -140,7 +140,7 @@ export class Metrics {
     return child
   }
 
-  /** A validations child for one label set (the lanes bind theirs once). */
+  /** A validations child for one label set, bound once. */
   validationCount (endpoint: string, result: string): CountChild {
     return this.#countChild(this.#countChildren.validations, { endpoint, result })
   }

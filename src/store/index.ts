@@ -116,7 +116,7 @@ export interface Store {
   /**
    * Optional, for stores that keep counters in this process: counts one more in every one of
    * `counters` when each is below its max, synchronously, and returns true; otherwise counts
-   * nothing and returns false. The lanes use it to decide a request without a promise; a store
+   * nothing and returns false. The limit stage (src/pipeline/limit.ts) uses it to count without a promise; a store
    * without it is always asked through incrementCounter.
    */
   takeCountersSync?: (counters: readonly CounterTake[], now: number) => boolean
