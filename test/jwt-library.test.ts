@@ -191,3 +191,21 @@ t.test('library errors on a subject token: 400 invalid_request, never 500', asyn
     t.match(res.json().error_description, description, `${name}: says why`)
   }
 })
+
+t.test('the signer\'s low-S rewrite is n − s, checked against BigInt arithmetic', async t => {
+  const { lowS: rewrite } = await import('../src/tokens/precheck.js')
+  const n = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551')
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  let rewritten = 0
+  for (let i = 0; i < 64; i++) {
+    const data = Buffer.from(`message ${i}`)
+    const signature = sign('sha256', data, { key: privateKey, dsaEncoding: 'ieee-p1363' })
+    const out = Buffer.from(rewrite(signature.toString('base64url')), 'base64url')
+    const s = BigInt('0x' + signature.subarray(32).toString('hex'))
+    const expected = s > n / 2n ? n - s : s
+    if (expected !== s) rewritten++
+    t.equal(out.subarray(32).toString('hex'), expected.toString(16).padStart(64, '0'), `signature ${i}: s' = ${expected === s ? 's' : 'n − s'}`)
+    t.ok(verify('sha256', data, { key: publicKey, dsaEncoding: 'ieee-p1363' }, out), `signature ${i}: still verifies`)
+  }
+  t.ok(rewritten > 0, 'some signatures were high-S and rewritten')
+})

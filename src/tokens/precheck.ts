@@ -43,7 +43,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 /** (n − 1) / 2 for P-256's group order n: a low-S signature has s at most this. */
 export const P256_HALF_ORDER = Buffer.from('7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8', 'hex')
-export const P256_ORDER = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551')
+const P256_ORDER_BYTES = Buffer.from('ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551', 'hex')
 
 /**
  * Canonical unpadded base64url: only the alphabet, never a length of 4k+1, and zero spare bits in the
@@ -98,7 +98,12 @@ export function precheck (token: string, options: PrecheckOptions): Record<strin
 export function lowS (signatureSegment: string): string {
   const signature = Buffer.from(signatureSegment, 'base64url')
   if (signature.length !== 64 || Buffer.compare(signature.subarray(32), P256_HALF_ORDER) <= 0) return signatureSegment
-  const s = BigInt('0x' + signature.subarray(32).toString('hex'))
-  Buffer.from((P256_ORDER - s).toString(16).padStart(64, '0'), 'hex').copy(signature, 32)
+  // s' = n − s, byte by byte from the least significant end (n > s, so no borrow is left over).
+  let borrow = 0
+  for (let i = 31; i >= 0; i--) {
+    const d = (P256_ORDER_BYTES[i] as number) - (signature[32 + i] as number) - borrow
+    borrow = d < 0 ? 1 : 0
+    signature[32 + i] = d & 0xff
+  }
   return signature.toString('base64url')
 }
