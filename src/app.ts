@@ -163,9 +163,12 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
       info: {
         title: 'Tollgate',
         version: '1.0.0',
+        contact: { name: 'Tollgate maintainers' },
+        license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
         description: 'HTTP auth gateway: issues, validates, refreshes and revokes short-lived access tokens, publishes its signing keys, and proxies calls to downstream tools behind audience, scope, rate-limit and quota checks.'
       },
-      servers: [{ url: config.issuer }],
+      // A template: the committed document is generic, a running gateway fills in its own issuer.
+      servers: [{ url: '{issuer}', description: 'This gateway (its issuer URL)', variables: { issuer: { default: config.issuer, description: 'The gateway\'s public base URL' } } }],
       tags: [
         { name: 'tokens', description: 'Issue, refresh and revoke tokens' },
         { name: 'validation', description: 'Introspection and forward auth' },

@@ -1,4 +1,5 @@
-// The `tollgate` command's verbs: serve, hash-secret, keys list|rotate, openapi.
+// The `tollgate` command's verbs: serve, hash-secret, keys list|rotate|retire, openapi.
+import { userInfo } from 'node:os'
 import { parseArgs } from 'node:util'
 import { hashSecret } from './clients/index.js'
 import { loadConfig, type Config } from './config.js'
@@ -11,7 +12,12 @@ Commands:
   keys list [--config PATH]      list signing keys and their states
   keys rotate [--config PATH] [--now]
                                  create the next signing key; it is published at once and signs
-                                 after keys.publishAhead (--now: sign at once, e.g. after a leak)
+                                 after keys.publishAhead (--now: a fresh key signs at once, in every
+                                 state, replacing a pending next key: the answer to a leak)
+  keys retire <kid> --now [--config PATH]
+                                 stop publishing a key and refuse every token it signed, at every
+                                 replica within the key reload interval (10 s); a signing key is
+                                 first replaced by a fresh one
   openapi                        print the OpenAPI 3.1 document
   --help                         this text
 
@@ -47,6 +53,22 @@ async function withKeys<T> (config: Config, fn: (keys: import('./keys/index.js')
   }
 }
 
+/**
+ * The audit line of a key emergency: one JSON line on stderr, shaped like the server's audit log
+ * lines (`audit`, `msg`), naming kids only (never key material).
+ */
+function audit (event: string, fields: Record<string, unknown>, msg: string): void {
+  let user: string | undefined
+  try { user = userInfo().username } catch { user = undefined }
+  process.stderr.write(JSON.stringify({ level: 30, time: Date.now(), audit: event, ...fields, user, pid: process.pid, msg }) + '\n')
+}
+
+function printKeys (keys: import('./keys/index.js').KeyManager): void {
+  for (const k of keys.list()) {
+    process.stdout.write(`${k.kid}  ${k.alg.padEnd(5)}  ${k.state.padEnd(7)}  signs from ${new Date(k.activatesAt).toISOString()}${k.removeAt !== undefined ? `  published until ${new Date(k.removeAt).toISOString()}` : ''}\n`)
+  }
+}
+
 export async function main (argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -75,19 +97,39 @@ export async function main (argv: string[]): Promise<number> {
       return 0
     }
     case 'keys': {
-      if (sub !== 'list' && sub !== 'rotate') break
+      if (sub !== 'list' && sub !== 'rotate' && sub !== 'retire') break
+      if (sub === 'retire' && (positionals[2] === undefined || positionals.length > 3 || values.now !== true)) {
+        process.stderr.write('keys retire: usage: tollgate keys retire <kid> --now (a scheduled retirement is what `keys rotate` does)\n')
+        return 1
+      }
       return await withKeys(load(), async (keys) => {
-        if (sub === 'rotate') {
-          const kid = await keys.rotate(values.now === true ? { publishAhead: 0 } : {})
+        if (sub === 'rotate' && values.now === true) {
+          const { kid, deleted } = await keys.rotateNow()
+          audit('keys.rotated_now', { kid, replaced: deleted }, 'emergency rotation: a fresh key signs at once')
+          process.stdout.write(`created ${kid}\n`)
+          for (const d of deleted) process.stdout.write(`deleted pending ${d}\n`)
+        } else if (sub === 'rotate') {
+          const kid = await keys.rotate()
           if (kid === undefined) {
-            process.stderr.write('keys rotate: a rotation is already pending (see `tollgate keys list`)\n')
+            process.stderr.write('keys rotate: a rotation is already pending (see `tollgate keys list`; `keys rotate --now` replaces it)\n')
             return 1
           }
           process.stdout.write(`created ${kid}\n`)
+        } else if (sub === 'retire') {
+          const kid = positionals[2] as string
+          if (!keys.list().some(k => k.kid === kid)) {
+            process.stderr.write(`keys retire: no key ${kid} in the key set (see \`tollgate keys list\`)\n`)
+            return 1
+          }
+          const { retired, rotated, deleted } = await keys.retireNow(kid)
+          if (rotated !== undefined) {
+            audit('keys.rotated_now', { kid: rotated, replaced: deleted.filter(d => d !== retired), reason: `retire ${retired}` }, 'emergency rotation: a fresh key signs at once')
+            process.stdout.write(`created ${rotated}\n`)
+          }
+          audit('keys.retired_now', { kid: retired }, 'key retired at once: unpublished, its tokens refused')
+          process.stdout.write(`retired ${retired}\n`)
         }
-        for (const k of keys.list()) {
-          process.stdout.write(`${k.kid}  ${k.alg.padEnd(5)}  ${k.state.padEnd(7)}  signs from ${new Date(k.activatesAt).toISOString()}${k.removeAt !== undefined ? `  published until ${new Date(k.removeAt).toISOString()}` : ''}\n`)
-        }
+        printKeys(keys)
         return 0
       })
     }

@@ -68,6 +68,31 @@ if (cluster === undefined) {
     t.match(listed.stdout, new RegExp(`${newKid as string}\\s+ES256\\s+next`))
   })
 
+  t.test('`keys retire --now` of the signing key, with a rotation pending: within the reload interval both replicas refuse its tokens', async t => {
+    const before = await cluster.issue(a)
+    const leaked = jwsHeader(before.access_token).kid as string
+    t.equal((await cluster.request(b, '/validate', { bearer: before.access_token })).status, 200, 'valid at B before')
+    const retired = await cluster.cli(['keys', 'retire', leaked, '--now'])
+    t.equal(retired.status, 0, retired.status === 0 ? 'retire --now exits 0' : retired.stderr)
+    const fresh = /^created (\S+)$/m.exec(retired.stdout)?.[1] as string
+    t.ok(fresh, 'a fresh key was created first')
+    t.match(retired.stderr, /"audit":"keys.retired_now"/, 'an audit line')
+
+    const deadline = Date.now() + KEY_RELOAD_MS + 5000
+    const done = new Set<number>()
+    while (done.size < 2 && Date.now() < deadline) {
+      for (const r of [a, b]) {
+        if ((await cluster.request(r, '/validate', { bearer: before.access_token })).status === 401) done.add(r.index)
+      }
+      if (done.size < 2) await new Promise(resolve => setTimeout(resolve, 200))
+    }
+    t.same([...done].sort(), [0, 1], 'both replicas refuse the retired key\'s token')
+    for (const r of [a, b]) {
+      t.same(await jwksKids(r), [fresh], `replica ${r.index} publishes only the fresh key (the pending one was replaced)`)
+      t.equal(jwsHeader((await cluster.issue(r)).access_token).kid, fresh, `replica ${r.index} signs with it`)
+    }
+  })
+
   t.test('no replica logged a secret or a token', async t => {
     const issued = await cluster.issue(a)
     await cluster.request(b, '/validate', { bearer: issued.access_token })

@@ -67,6 +67,23 @@ function contract (t: Test, open: Open): void {
     t.same((await store.listKeys()).map(k => k.kid), ['k2'])
   })
 
+  t.test('key set: replaceKeys deletes the pending keys and the named ones and adds the new key in one step', async t => {
+    const store = await open(t)
+    const k1 = keyRecord('k1', NOW, NOW)
+    const k2 = keyRecord('k2', NOW + MIN, NOW + MIN)
+    await store.addKeyIfNoPending(k1, NOW)
+    await store.addKeyIfNoPending(k2, NOW + MIN)
+    const pending = keyRecord('pending', NOW + 2 * MIN, NOW + 20 * MIN)
+    t.equal(await store.addKeyIfNoPending(pending, NOW + 2 * MIN), true)
+    const fresh = keyRecord('fresh', NOW + 3 * MIN, NOW + 3 * MIN)
+    t.same((await store.replaceKeys(fresh, NOW + 3 * MIN, ['k2', 'unknown'])).sort(), ['k2', 'pending'], 'the pending key and the named one, not the unknown kid')
+    t.same(await store.listKeys(), [k1, fresh], 'k1 kept, the fresh key added unchanged')
+    t.equal(await store.addKeyIfNoPending(keyRecord('next', NOW + 3 * MIN, NOW + 30 * MIN), NOW + 3 * MIN), true, 'no rotation is pending afterwards')
+    const again = keyRecord('again', NOW + 4 * MIN, NOW + 4 * MIN)
+    t.same(await store.replaceKeys(again, NOW + 4 * MIN, []), ['next'], 'nothing named: only the pending key goes')
+    t.same((await store.listKeys()).map(k => k.kid), ['k1', 'fresh', 'again'])
+  })
+
   t.test('key set: of 20 concurrent rotations exactly one is added', async t => {
     const store = await open(t)
     await store.addKeyIfNoPending(keyRecord('cur', NOW, NOW), NOW)

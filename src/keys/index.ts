@@ -11,6 +11,9 @@
 // Every record is checked when it is first read (material.ts openKeyRecord): one that does not
 // decrypt, or whose kid, alg or public JWK does not match its private key, is refused: logged
 // once, never published, never used to sign or verify, and healthy() is false while it is stored.
+// Key emergencies (a leak) bypass the schedule: `rotateNow` makes a fresh key sign at once whatever is
+// pending, and `retireNow` deletes a key from the store, so every replica stops publishing it and
+// refuses its tokens at its next reload (the verification cache checks key presence on every hit).
 import type { KeyObject } from 'node:crypto'
 import type { KeyRecord, Store } from '../store/index.js'
 import { OAuthError } from '../errors.js'
@@ -153,17 +156,57 @@ export class KeyManager {
     return kid
   }
 
-  async #add (createdAt: number, activatesAt: number, pendingAfter = createdAt): Promise<string | undefined> {
-    const key = generateKey(this.#opts.algorithm)
-    const record: KeyRecord = {
-      kid: key.kid,
-      alg: key.alg,
-      publicJwk: key.publicJwk,
-      privateEnc: encryptPrivateKey(key.privateKey, key.kid, this.#kek),
-      createdAt,
-      activatesAt
+  /**
+   * Emergency rotation: a fresh key signs at once, in every state. A pending next key is replaced,
+   * not promoted: it was created before the leak was found and may have leaked with the rest.
+   * `retire` names keys deleted in the same step. Returns the new kid and every kid deleted.
+   */
+  async rotateNow (retire: string[] = []): Promise<{ kid: string, deleted: string[] }> {
+    const now = this.#clock()
+    const key = this.#generate(now, now)
+    const deleted = await this.#store.replaceKeys(key.record, now, retire)
+    await this.reload()
+    return { kid: key.kid, deleted }
+  }
+
+  /**
+   * Emergency retirement: `kid` leaves the store at once (no grace), so it is no longer published
+   * and tokens it signed are refused at every replica once it reloads. When it is the signing key
+   * (the only key is), a fresh key is created and signs in the same step: the set is never left
+   * without one, and an older retired key never becomes the signing key again.
+   * Throws when `kid` is not in the set.
+   */
+  async retireNow (kid: string): Promise<{ retired: string, rotated?: string, deleted: string[] }> {
+    await this.reload()
+    const info = this.list().find(k => k.kid === kid)
+    if (info === undefined) throw new Error(`no key ${kid} in the key set`)
+    if (info.state === 'current') {
+      const { kid: rotated, deleted } = await this.rotateNow([kid])
+      return { retired: kid, rotated, deleted }
     }
-    return (await this.#store.addKeyIfNoPending(record, pendingAfter)) ? key.kid : undefined
+    await this.#store.deleteKeys([kid])
+    await this.reload()
+    return { retired: kid, deleted: [kid] }
+  }
+
+  #generate (createdAt: number, activatesAt: number): { kid: string, record: KeyRecord } {
+    const key = generateKey(this.#opts.algorithm)
+    return {
+      kid: key.kid,
+      record: {
+        kid: key.kid,
+        alg: key.alg,
+        publicJwk: key.publicJwk,
+        privateEnc: encryptPrivateKey(key.privateKey, key.kid, this.#kek),
+        createdAt,
+        activatesAt
+      }
+    }
+  }
+
+  async #add (createdAt: number, activatesAt: number, pendingAfter = createdAt): Promise<string | undefined> {
+    const { kid, record } = this.#generate(createdAt, activatesAt)
+    return (await this.#store.addKeyIfNoPending(record, pendingAfter)) ? kid : undefined
   }
 
   /** Every key with its state at `now`. */

@@ -10,6 +10,7 @@ export default async function discoveryRoutes (app: FastifyInstance): Promise<vo
       tags: ['keys'],
       summary: 'Public signing keys (JWK Set)',
       description: 'Every key that may have signed a live token, and the next key before it signs. Cache for at most `max-age`.',
+      security: [],
       response: { 200: ref('Jwks') }
     }
   }
@@ -39,6 +40,8 @@ export default async function discoveryRoutes (app: FastifyInstance): Promise<vo
       operationId: 'getServerMetadata',
       tags: ['keys'],
       summary: 'Authorization server metadata (RFC 8414)',
+      description: 'The endpoints, grant types and client authentication methods of this gateway, for OAuth client libraries that discover them. Cache for at most `max-age`.',
+      security: [],
       response: { 200: ref('AuthorizationServerMetadata') }
     }
   }, async (_request, reply) => {

@@ -11,6 +11,8 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
       operationId: 'getHealth',
       tags: ['operations'],
       summary: 'Health and readiness',
+      description: 'Liveness and readiness with one check per dependency (the store and the signing keys), for load balancers and orchestrators. 503 while a dependency fails; the process stays up and recovers by itself.',
+      security: [],
       response: { 200: response('Every dependency is ok', ref('Health')), 503: response('A dependency failed: take this replica out of rotation', ref('Health')) }
     }
   }, async (_request, reply) => {

@@ -17,9 +17,9 @@ export default async function metricsRoutes (app: FastifyInstance): Promise<void
       operationId: 'getMetrics',
       tags: ['operations'],
       summary: 'Prometheus metrics',
+      description: 'This process\'s counters and histograms in the Prometheus text exposition format, for a scraper. Each replica answers for itself. Open unless `metrics.tokenEnv` is set; then the scraper sends that token as `Authorization: Bearer`.',
+      security: expected !== undefined ? [{ bearerAuth: [] }] : [],
       produces: ['text/plain'],
-      description: 'Open unless `metrics.tokenEnv` is set; then the scraper sends that token as `Authorization: Bearer`.',
-      ...(expected !== undefined ? { security: [{ bearerAuth: [] }] } : {}),
       response: {
         200: Type.String({ description: 'Prometheus text format 0.0.4' }),
         ...(expected !== undefined ? { 401: problem('No token, or not the metrics token', headers.wwwAuthenticateBearer) } : {})

@@ -85,6 +85,11 @@ export interface Store {
   /** Adds `key` unless some key activates after `now` (one pending rotation at a time). */
   addKeyIfNoPending (key: KeyRecord, now: number): Promise<boolean>
   deleteKeys (kids: string[]): Promise<void>
+  /**
+   * In one step: deletes every key that activates after `now` and the keys in `retire`, then adds
+   * `key` (key emergencies: a fresh key signs at once whatever is pending). Returns the kids deleted.
+   */
+  replaceKeys (key: KeyRecord, now: number, retire: string[]): Promise<string[]>
 
   // ---- quota: fixed windows keyed by subject and window start
   /** Atomically adds `cost` to the window's usage if the result stays <= limit. */

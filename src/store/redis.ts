@@ -82,6 +82,21 @@ for i = 1, #ARGV do
 end
 return #ARGV`
   },
+  // KEYS: hash, act zset. ARGV: kid, json, activatesAt, now, kids to retire... Returns the kids deleted.
+  tgReplaceKeys: {
+    numberOfKeys: 2,
+    lua: `
+local doomed = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf')
+for i = 5, #ARGV do doomed[#doomed + 1] = ARGV[i] end
+local deleted = {}
+for _, kid in ipairs(doomed) do
+  if redis.call('HDEL', KEYS[1], kid) == 1 then deleted[#deleted + 1] = kid end
+  redis.call('ZREM', KEYS[2], kid)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return deleted`
+  },
   // KEYS: quota key. ARGV: cost, limit, windowEnd, grace. Check-and-charge in one step.
   tgConsume: {
     numberOfKeys: 1,
@@ -411,6 +426,10 @@ export class RedisStore implements Store {
   async deleteKeys (kids: string[]): Promise<void> {
     if (kids.length === 0) return
     await this.#do(async () => await this.#scripts.tgDeleteKeys(this.#keysHash(), this.#keysAct(), ...kids))
+  }
+
+  async replaceKeys (key: KeyRecord, now: number, retire: string[]): Promise<string[]> {
+    return await this.#do(async () => await this.#scripts.tgReplaceKeys(this.#keysHash(), this.#keysAct(), key.kid, JSON.stringify(key), key.activatesAt, now, ...retire)) as string[]
   }
 
   // ---- quota

@@ -94,6 +94,7 @@ export class SqliteStore implements Store {
       pendingKeys: db.prepare('SELECT count(*) AS n FROM keys WHERE activates_at > ?').pluck(),
       insertKey: db.prepare('INSERT INTO keys (kid, alg, public_jwk, private_enc, created_at, activates_at) VALUES (?, ?, ?, ?, ?, ?)'),
       deleteKey: db.prepare('DELETE FROM keys WHERE kid = ?'),
+      pendingKids: db.prepare('SELECT kid FROM keys WHERE activates_at > ?').pluck(),
       consume: db.prepare(`INSERT INTO quota (sub, window_ms, window_start, used, expires_at) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = used + excluded.used WHERE used + excluded.used <= ?
         RETURNING used`).pluck(),
@@ -163,6 +164,17 @@ export class SqliteStore implements Store {
 
   async deleteKeys (kids: string[]): Promise<void> {
     this.#db.transaction(() => { for (const kid of kids) this.#stmt.deleteKey.run(kid) }).immediate()
+  }
+
+  async replaceKeys (key: KeyRecord, now: number, retire: string[]): Promise<string[]> {
+    return this.#db.transaction(() => {
+      const deleted: string[] = []
+      for (const kid of new Set([...(this.#stmt.pendingKids.all(now) as string[]), ...retire])) {
+        if (this.#stmt.deleteKey.run(kid).changes > 0) deleted.push(kid)
+      }
+      this.#stmt.insertKey.run(key.kid, key.alg, JSON.stringify(key.publicJwk), key.privateEnc, key.createdAt, key.activatesAt)
+      return deleted
+    }).immediate()
   }
 
   // Group commit: charges that arrive within one turn of the event loop run as one IMMEDIATE
