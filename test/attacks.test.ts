@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { startUpstream, type Upstream } from './call-helper.js'
 import { FORM, basic, build, client, form, testConfig, type TestContext } from './helper.js'
+import { lowS } from './support/sign.js'
 
 const b64 = (value: unknown): string => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
 
@@ -48,9 +49,10 @@ async function kit (t: TestContext, trustedIssuers: Array<Record<string, unknown
   const now = Math.floor(Date.now() / 1000)
   const claims = () => ({ iss: 'https://tollgate.test', sub: 'agent', aud: ['tool:chat'], exp: now + 300, iat: now, nbf: now, jti: `j-${Math.random()}`, client_id: 'agent', scope: 'tools:call' })
   const header = () => ({ alg: 'ES256', kid, typ: 'at+jwt' })
+  // Low-S, as Tollgate's signer writes: a control token must differ from a good one only by its attack.
   const es256 = (h: Record<string, unknown>, p: unknown): string => {
     const input = `${b64(h)}.${b64(p)}`
-    return `${input}.${sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
+    return `${input}.${lowS(sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' })).toString('base64url')}`
   }
   return { app, upstream, kid, key: privateKey, publicKey, header, claims, es256 }
 }
@@ -240,7 +242,7 @@ t.test('malformed serialisations', async t => {
 
   const raw = (header: Record<string, unknown>, payloadBytes: Buffer): string => {
     const input = `${b64(header)}.${payloadBytes.toString('base64url')}`
-    return `${input}.${sign('sha256', Buffer.from(input), { key: k.key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
+    return `${input}.${lowS(sign('sha256', Buffer.from(input), { key: k.key, dsaEncoding: 'ieee-p1363' })).toString('base64url')}`
   }
   await refusedEverywhere(t, k, raw(k.header(), Buffer.from('[1,2,3]')), 'payload is an array')
   await refusedEverywhere(t, k, raw(k.header(), Buffer.from('"string"')), 'payload is a string')
@@ -249,7 +251,7 @@ t.test('malformed serialisations', async t => {
   await refusedEverywhere(t, k, k.es256({ ...k.header(), cty: 'JWT' }, k.claims()), 'nested JWT (cty JWT)')
   const inner = k.es256(k.header(), k.claims())
   const nestedInput = `${b64({ ...k.header(), cty: 'JWT' })}.${Buffer.from(inner).toString('base64url')}`
-  await refusedEverywhere(t, k, `${nestedInput}.${sign('sha256', Buffer.from(nestedInput), { key: k.key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`, 'nested JWT payload')
+  await refusedEverywhere(t, k, `${nestedInput}.${lowS(sign('sha256', Buffer.from(nestedInput), { key: k.key, dsaEncoding: 'ieee-p1363' })).toString('base64url')}`, 'nested JWT payload')
 })
 
 t.test('typ other than at+jwt', async t => {

@@ -3,7 +3,7 @@
 // as a service behind Tollgate would do it (docs/integrations.md shows the same code).
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyOptions } from 'jose'
 import t from 'tap'
-import { signCompact } from '../src/tokens/jws.js'
+import { signCompact } from './support/sign.js'
 import { basic, testConfig } from './helper.js'
 import { listenApp } from './system.js'
 

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { signCompact } from '../src/tokens/jws.js'
+import { signCompact } from './support/sign.js'
 import { basic, testConfig } from './helper.js'
 import { IN_CI, listenApp, requireExecutable } from './system.js'
 

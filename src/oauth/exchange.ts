@@ -8,7 +8,8 @@
 // outlive the subject token.
 import type { Client } from '../clients/index.js'
 import { OAuthError, StoreUnavailable, TollgateError } from '../errors.js'
-import { JwsError, parseCompact } from '../tokens/jws.js'
+import { decodeUnverified } from '../tokens/jwt.js'
+import { precheck, TokenRefused } from '../tokens/precheck.js'
 import type { AccessClaims, IssuedToken, QuotaClaim, Tokens } from '../tokens/index.js'
 import type { TrustedIssuers } from './trusted-issuers.js'
 
@@ -98,9 +99,12 @@ export class TokenExchange {
     const { tokens, trusted } = this.options
     let iss: unknown
     try {
-      iss = parseCompact(token, { ignoreThumbprints: true }).payload.iss
+      // Routed by the unverified `iss` (the pre-check, then the library's decoding); verified below.
+      precheck(token, { lowS: false })
+      iss = decodeUnverified(token).payload.iss
     } catch (err) {
-      throw new OAuthError('invalid_request', `subject_token is not acceptable: ${err instanceof JwsError ? err.message : 'malformed token'}`)
+      if (err instanceof TokenRefused) throw new OAuthError('invalid_request', `subject_token is not acceptable: ${err.message}`)
+      throw err
     }
     if (iss === tokens.issuer) {
       let p

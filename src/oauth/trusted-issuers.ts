@@ -3,12 +3,19 @@
 // cache: one shared in-flight fetch, Cache-Control max-age within bounds, the last good key set kept
 // when a refetch fails, at most one refetch per interval for an unknown `kid`, a request timeout.
 // The key is chosen by `kid` from the fetched set only, with the issuer's algorithm allowlist; the
-// token's own header never names a key (no jku/jwk/x5u/x5c) or an extension (no crit). Knows
-// nothing about HTTP routes; it fetches the configured jwksUri and nothing else.
-import { errors as joseErrors, importJWK, jwtVerify, type JWK, type JWTPayload } from 'jose'
+// token's own header never names a key (no jku/jwk/x5u/x5c) or an extension (no crit). Verification
+// is the same stack as Tollgate's own tokens: the pre-check (without the low-S rule: identity
+// providers' signers write either half), fast-jwt with one verifier per fetched key, and the one
+// claims validator. Knows nothing about HTTP routes; it fetches the configured jwksUri and nothing else.
+import { createPublicKey, type JsonWebKey } from 'node:crypto'
 import type { TrustedIssuerConfig } from '../config.js'
 import { OAuthError } from '../errors.js'
-import { JwsError, MAX_TOKEN_LENGTH, parseCompact } from '../tokens/jws.js'
+import { validateClaims } from '../tokens/claims.js'
+import { decodeUnverified, keyVerifier, verifyWith, type JwtVerifier } from '../tokens/jwt.js'
+import { precheck, TokenRefused } from '../tokens/precheck.js'
+
+/** A JSON Web Key as an issuer publishes it (RFC 7517). */
+type JWK = JsonWebKey & { kid?: string, alg?: string, use?: string, kty?: string, crv?: string, x?: string, n?: string }
 
 /** RFC 8725 §3.11 / RFC 9068: a plain JWT (typ absent or JWT) or an access token (at+jwt). */
 const ACCEPTED_TYP = new Set(['jwt', 'at+jwt', 'application/jwt', 'application/at+jwt'])
@@ -40,7 +47,7 @@ export interface TrustedIssuersOptions {
 
 export interface TrustedToken {
   issuer: string
-  claims: JWTPayload & { sub: string, exp: number, iat: number }
+  claims: Record<string, unknown> & { sub: string, exp: number, iat: number }
 }
 
 /** Thrown when a JWKS cannot be fetched and no earlier keys are cached: a dependency is down. */
@@ -62,16 +69,18 @@ export class RemoteJwks {
   #inflight: Promise<KeySet | undefined> | undefined
   /** Epoch ms of the last fetch attempt (success or not): paces refetches. */
   #lastAttempt = -Infinity
-  readonly #imported = new Map<string, Promise<CryptoKey | Uint8Array>>()
+  /** The library's verifier of each fetched key and algorithm, made once. */
+  readonly #verifiers = new Map<string, JwtVerifier | undefined>()
 
   constructor (
     readonly issuer: string,
     readonly uri: string,
-    readonly options: Required<Omit<TrustedIssuersOptions, 'issuers' | 'leeway' | 'maxLifetime'>>
+    readonly options: Required<Omit<TrustedIssuersOptions, 'issuers' | 'leeway' | 'maxLifetime'>>,
+    readonly audiences: readonly string[] = []
   ) {}
 
-  /** The JWK for `kid` usable with `alg`, or undefined when the (fresh or last good) set has none. */
-  async key (kid: string | undefined, alg: string): Promise<CryptoKey | Uint8Array | undefined> {
+  /** A verifier for the key `kid` usable with `alg`, or undefined when the (fresh or last good) set has none. */
+  async verifier (kid: string | undefined, alg: string): Promise<JwtVerifier | undefined> {
     const now = this.options.clock()
     let set = this.#set
     if (set === undefined || now >= set.expiresAt) set = await this.#refresh(set === undefined)
@@ -83,19 +92,23 @@ export class RemoteJwks {
     }
     if (set === undefined) throw new JwksUnavailable(this.issuer)
     if (jwk === undefined) return undefined
-    const cacheKey = `${jwk.kid ?? ''}\0${alg}\0${jwk.kty}\0${jwk.x ?? jwk.n ?? ''}`
-    let imported = this.#imported.get(cacheKey)
-    if (imported === undefined) {
-      imported = importJWK(jwk, alg)
-      imported.catch(() => this.#imported.delete(cacheKey))
-      if (this.#imported.size > 100) this.#imported.clear()
-      this.#imported.set(cacheKey, imported)
-    }
+    const cacheKey = `${jwk.kid ?? ''}\0${alg}\0${jwk.kty ?? ''}\0${jwk.x ?? jwk.n ?? ''}`
+    if (this.#verifiers.has(cacheKey)) return this.#verifiers.get(cacheKey)
+    let verifier: JwtVerifier | undefined
     try {
-      return await imported
+      const { kid: _kid, alg: _alg, use: _use, key_ops: _ops, ...material } = jwk as JWK & { key_ops?: unknown }
+      verifier = keyVerifier(createPublicKey({ key: material, format: 'jwk' }), {
+        algorithm: alg,
+        issuer: this.issuer,
+        audiences: this.audiences,
+        required: ['sub', 'exp', 'iat']
+      })
     } catch {
-      return undefined
+      verifier = undefined // a key the library or node:crypto cannot use is no key
     }
+    if (this.#verifiers.size > 100) this.#verifiers.clear()
+    this.#verifiers.set(cacheKey, verifier)
+    return verifier
   }
 
   /**
@@ -184,7 +197,7 @@ export class TrustedIssuers {
       refetchIntervalMs: options.refetchIntervalMs ?? 30_000
     }
     for (const config of options.issuers) {
-      this.#entries.set(config.issuer, { config, jwks: new RemoteJwks(config.issuer, config.jwksUri, jwksOptions) })
+      this.#entries.set(config.issuer, { config, jwks: new RemoteJwks(config.issuer, config.jwksUri, jwksOptions, config.audiences) })
     }
   }
 
@@ -201,47 +214,29 @@ export class TrustedIssuers {
    * the subject token is invalid or unacceptable) or JwksUnavailable (503).
    */
   async verify (token: string): Promise<TrustedToken> {
-    const refuse = (why: string, cause?: unknown): OAuthError =>
-      new OAuthError('invalid_request', `subject_token is not acceptable: ${why}`, 400, cause === undefined ? undefined : { cause })
-    if (token.length > MAX_TOKEN_LENGTH) throw refuse('token too large')
-    let parsed
+    const refuse = (why: string): OAuthError => new OAuthError('invalid_request', `subject_token is not acceptable: ${why}`, 400)
+    let claims: TrustedToken['claims']
+    let config: TrustedIssuerConfig
     try {
-      parsed = parseCompact(token, { ignoreThumbprints: true })
+      const header = precheck(token, { lowS: false })
+      // The library decodes, unverified, only to find the issuer whose keys verify the token.
+      const { payload } = decodeUnverified(token)
+      const entry = typeof payload.iss === 'string' ? this.#entries.get(payload.iss) : undefined
+      if (entry === undefined) throw new TokenRefused('issuer not trusted')
+      config = entry.config
+      if (header.typ !== undefined && (typeof header.typ !== 'string' || !ACCEPTED_TYP.has(header.typ.toLowerCase()))) throw new TokenRefused('token type not accepted')
+      const alg = header.alg
+      if (typeof alg !== 'string' || !(config.algorithms as readonly string[]).includes(alg)) throw new TokenRefused(`algorithm ${String(alg)} not allowed for this issuer`)
+      if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenRefused('unknown key')
+      const verifier = await entry.jwks.verifier(header.kid as string | undefined, alg)
+      if (verifier === undefined) throw new TokenRefused('unknown key')
+      const verified = verifyWith(verifier, token)
+      const { leeway, maxLifetime } = this.#opts
+      claims = validateClaims<TrustedToken['claims']>(verified, this.#clock() / 1000, { leeway, maxLifetime, strings: ['sub'] })
     } catch (err) {
-      throw refuse(err instanceof JwsError ? err.message : 'malformed token')
-    }
-    const { header, payload } = parsed
-    const entry = typeof payload.iss === 'string' ? this.#entries.get(payload.iss) : undefined
-    if (entry === undefined) throw refuse('issuer not trusted')
-    const { config } = entry
-    if (header.typ !== undefined && (typeof header.typ !== 'string' || !ACCEPTED_TYP.has(header.typ.toLowerCase()))) throw refuse('token type not accepted')
-    const alg = header.alg as string
-    if (!(config.algorithms as readonly string[]).includes(alg)) throw refuse(`algorithm ${alg} not allowed for this issuer`)
-    if (header.kid !== undefined && typeof header.kid !== 'string') throw refuse('unknown key')
-    const key = await entry.jwks.key(header.kid as string | undefined, alg)
-    if (key === undefined) throw refuse('unknown key')
-
-    const { leeway, maxLifetime } = this.#opts
-    let claims: JWTPayload
-    try {
-      ({ payload: claims } = await jwtVerify(token, key, {
-        algorithms: [alg],
-        issuer: config.issuer,
-        audience: config.audiences,
-        clockTolerance: leeway,
-        requiredClaims: ['sub', 'exp', 'iat'],
-        currentDate: new Date(this.#clock())
-      }))
-    } catch (err) {
-      if (err instanceof joseErrors.JOSEError) throw refuse(err instanceof joseErrors.JWSSignatureVerificationFailed ? 'invalid signature' : err.message, err)
+      if (err instanceof TokenRefused) throw refuse(err.message)
       throw err
     }
-    // The rules jose leaves to the caller: iat not in the future, bounded lifetime, a string sub.
-    const now = this.#clock() / 1000
-    const { sub, exp, iat } = claims as { sub: unknown, exp: number, iat: number }
-    if (typeof sub !== 'string' || sub === '') throw refuse('claim sub missing or not a string')
-    if (iat > now + leeway) throw refuse('token issued in the future')
-    if (exp - iat > maxLifetime) throw refuse('token lifetime exceeds the maximum')
-    return { issuer: config.issuer, claims: claims as TrustedToken['claims'] }
+    return { issuer: config.issuer, claims }
   }
 }

@@ -1,12 +1,17 @@
 // Access tokens: minting (RFC 9068 profile) and the one verification path every protected route
-// uses. Verification keeps a bounded cache keyed by the exact token string, which skips parsing and
-// the signature on a repeat; a cache hit still checks time, key presence and revocation, so the
-// cache never outlives `exp`, a removed key or a revocation. Knows nothing about HTTP.
-import { randomUUID } from 'node:crypto'
+// uses, in layers (STYLE.md): the pre-check (precheck.ts), the library with the key named by `kid`
+// (jwt.ts: fast-jwt, one verifier per key), the claims validator (claims.ts), then revocation.
+// Verification keeps a bounded cache keyed by the exact token string, which skips all of that on a
+// repeat; a cache hit still checks time, key presence and revocation, so the cache never outlives
+// `exp`, a removed key or a revocation. Knows nothing about HTTP.
+import { randomUUID, type KeyObject } from 'node:crypto'
 import { InvalidToken, StoreUnavailable } from '../errors.js'
-import type { KeyManager } from '../keys/index.js'
+import type { KeyManager, VerificationKey } from '../keys/index.js'
 import type { Store } from '../store/index.js'
-import { JwsError, MAX_TOKEN_LENGTH, parseCompact, signCompact, verifySignature } from './jws.js'
+import { expired, validateClaims } from './claims.js'
+import { keySigner, keyVerifier, verifyWith, type JwtSigner, type JwtVerifier } from './jwt.js'
+import { MAX_TOKEN_LENGTH, precheck, TokenRefused } from './precheck.js'
+
 
 export interface QuotaClaim {
   limit: number
@@ -77,7 +82,14 @@ export interface TokensOptions {
   revocationMaxStalenessMs?: number
 }
 
-const TYP = new Set(['at+jwt', 'application/at+jwt'])
+/** Claims every Tollgate access token carries (RFC 9068 §2.2 and CONTRACT §2). */
+const REQUIRED = ['iss', 'sub', 'aud', 'exp', 'iat', 'jti', 'client_id'] as const
+const STRING_CLAIMS = ['iss', 'sub', 'jti', 'client_id'] as const
+
+/** A TokenRefused as the 401 every protected route answers. */
+function invalidToken (err: TokenRefused): InvalidToken {
+  return new InvalidToken(err.message, err.expired ? 'token_expired' : 'invalid_token')
+}
 
 interface CacheEntry {
   token: string
@@ -103,6 +115,12 @@ export class Tokens {
   readonly #cache = new Map<string, CacheEntry>()
   readonly #cacheSize: number
   readonly revocations: RevocationList
+  /**
+   * The library's signer and verifier of each key, made once per key (keyed by its KeyObject, which
+   * the key manager loads once per kid and drops when the key is removed).
+   */
+  readonly #verifiers = new WeakMap<KeyObject, JwtVerifier>()
+  readonly #signers = new WeakMap<KeyObject, JwtSigner>()
 
   constructor (options: TokensOptions) {
     this.#opts = options
@@ -133,8 +151,12 @@ export class Tokens {
     if (req.quota !== undefined) claims.quota = req.quota
     if (req.act !== undefined) claims.act = req.act
     if (req.fid !== undefined) claims.fid = req.fid
-    const token = signCompact({ alg: key.alg, kid: key.kid, typ: 'at+jwt' }, claims, key.alg, key.privateKey)
-    return { token, claims }
+    let sign = this.#signers.get(key.privateKey)
+    if (sign === undefined) {
+      sign = keySigner(key.privateKey, key.alg, key.kid)
+      this.#signers.set(key.privateKey, sign)
+    }
+    return { token: sign(claims), claims }
   }
 
   /** Verifies a Tollgate access token. Throws InvalidToken (401) or StoreUnavailable (503). */
@@ -180,50 +202,47 @@ export class Tokens {
     if (hit === undefined || this.revocations.stale()) return undefined
     const claims = hit.principal.claims
     if (this.#opts.keys.verificationKey(hit.kid) === undefined) return undefined
-    if (claims.exp <= this.#clock() / 1000 - this.#opts.leeway || this.revocations.denies(claims)) return undefined
+    if (expired(claims.exp, this.#clock() / 1000, this.#opts.leeway) || this.revocations.denies(claims)) return undefined
     return hit.principal
   }
 
-  /** Time and revocation rules, checked on every use, cached or not. */
+  /** Expiry and revocation, checked on every use, cached or not: the one place a revoked token is refused. */
   #checkLive (claims: AccessClaims, nowMs: number): void {
-    const now = nowMs / 1000
-    if (claims.exp <= now - this.#opts.leeway) throw new InvalidToken('token expired', 'token_expired')
+    if (expired(claims.exp, nowMs / 1000, this.#opts.leeway)) throw new InvalidToken('token expired', 'token_expired')
     if (this.revocations.denies(claims)) throw new InvalidToken('token revoked', 'token_revoked')
   }
 
-  #verifyFresh (token: string, nowMs: number): { principal: Principal, kid: string } {
-    let parsed
-    try {
-      parsed = parseCompact(token)
-    } catch (err) {
-      throw new InvalidToken(err instanceof JwsError ? err.message : 'malformed token')
+  #verifierOf (key: VerificationKey): JwtVerifier {
+    let verifier = this.#verifiers.get(key.publicKey)
+    if (verifier === undefined) {
+      verifier = keyVerifier(key.publicKey, { algorithm: key.alg, typ: 'at+jwt', issuer: this.#opts.issuer, required: REQUIRED })
+      this.#verifiers.set(key.publicKey, verifier)
     }
-    const { header, payload: c } = parsed
-    if (typeof header.typ !== 'string' || !TYP.has(header.typ.toLowerCase())) throw new InvalidToken('token type is not at+jwt')
-    if (typeof header.kid !== 'string') throw new InvalidToken('unknown key')
-    const key = this.#opts.keys.verificationKey(header.kid)
-    if (key === undefined) throw new InvalidToken('unknown key')
-    if (!verifySignature(parsed, key.alg, key.publicKey)) throw new InvalidToken('invalid signature')
+    return verifier
+  }
 
-    for (const name of ['iss', 'sub', 'jti', 'client_id']) {
-      if (typeof c[name] !== 'string' || c[name] === '') throw new InvalidToken(`claim ${name} missing or not a string`)
+  #verifyFresh (token: string, nowMs: number): { principal: Principal, kid: string } {
+    let claims: AccessClaims
+    let aud: string[]
+    let kid: string
+    try {
+      const header = precheck(token, { lowS: true })
+      if (typeof header.kid !== 'string') throw new TokenRefused('unknown key')
+      const key = this.#opts.keys.verificationKey(header.kid)
+      if (key === undefined) throw new TokenRefused('unknown key')
+      kid = key.kid
+      const c = verifyWith(this.#verifierOf(key), token)
+      const audience = typeof c.aud === 'string' ? [c.aud] : c.aud
+      if (!Array.isArray(audience) || audience.length === 0 || !audience.every(a => typeof a === 'string' && a !== '')) {
+        throw new TokenRefused('claim aud missing or malformed')
+      }
+      aud = audience as string[]
+      if (c.scope !== undefined && typeof c.scope !== 'string') throw new TokenRefused('claim scope is not a string')
+      claims = validateClaims<AccessClaims>(c, nowMs / 1000, { leeway: this.#opts.leeway, maxLifetime: this.#opts.maxLifetime, strings: STRING_CLAIMS })
+    } catch (err) {
+      if (err instanceof TokenRefused) throw invalidToken(err)
+      throw err
     }
-    if (c.iss !== this.#opts.issuer) throw new InvalidToken('unexpected issuer')
-    const aud = typeof c.aud === 'string' ? [c.aud] : c.aud
-    if (!Array.isArray(aud) || aud.length === 0 || !aud.every(a => typeof a === 'string' && a !== '')) {
-      throw new InvalidToken('claim aud missing or malformed')
-    }
-    for (const name of ['exp', 'iat']) {
-      if (typeof c[name] !== 'number' || !Number.isFinite(c[name])) throw new InvalidToken(`claim ${name} missing or not a number`)
-    }
-    if (c.nbf !== undefined && (typeof c.nbf !== 'number' || !Number.isFinite(c.nbf))) throw new InvalidToken('claim nbf is not a number')
-    if (c.scope !== undefined && typeof c.scope !== 'string') throw new InvalidToken('claim scope is not a string')
-    const claims = c as AccessClaims
-    const now = nowMs / 1000
-    const leeway = this.#opts.leeway
-    if (claims.iat > now + leeway) throw new InvalidToken('token issued in the future')
-    if (claims.nbf !== undefined && claims.nbf > now + leeway) throw new InvalidToken('token not yet valid')
-    if (claims.exp - claims.iat > this.#opts.maxLifetime) throw new InvalidToken('token lifetime exceeds the maximum')
     this.#checkLive(claims, nowMs)
 
     const scope = claims.scope ?? ''
@@ -237,7 +256,7 @@ export class Tokens {
       exp: claims.exp,
       claims: Object.freeze(claims)
     })
-    return { principal, kid: key.kid }
+    return { principal, kid }
   }
 
   /** Denies an access token by `jti` until `exp` (seconds), here at once and at every replica within a sync. */

@@ -1,0 +1,199 @@
+// Side-by-side benchmark of two Tollgate builds: the base (by default the `main` branch, built here
+// into a temporary folder from `git archive`, with a symlink to this tree's node_modules) and this
+// tree's dist. Both run at the default configuration with only the rate limits raised
+// (bench/tollgate-config.js), each in its own process, and autocannon alternates rounds between
+// them (A B, then B A, same duration), for:
+//   validate_uncached  GET /validate over more tokens than the verification cache holds (10,000):
+//                      every request pays the full ES256 verification
+//   token_issue        POST /token, client_credentials with HTTP Basic
+// It prints req/s and server CPU µs per request for each round, the medians, and this tree's
+// median over the base's (for CPU: the base's over this tree's, so above 1 is better either way).
+//
+//   npm run build && node bench/jwt-compare.js [--base-ref main] [--base-dir DIR] [--rounds 4]
+//        [--duration 5] [--connections 50] [--uncached-tokens 12000] [--only validate_uncached,token_issue]
+//
+// Traffic goes to 127.0.0.1 only; the temporary build and data folders are removed at the end.
+import { execFileSync, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import autocannon from 'autocannon'
+import { tollgateConfig } from './tollgate-config.js'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+const { values: args } = parseArgs({
+  options: {
+    'base-ref': { type: 'string', default: 'main' },
+    'base-dir': { type: 'string' },
+    rounds: { type: 'string', default: '4' },
+    duration: { type: 'string', default: '5' },
+    connections: { type: 'string', default: '50' },
+    'uncached-tokens': { type: 'string', default: '12000' },
+    only: { type: 'string' }
+  }
+})
+const ROUNDS = Number(args.rounds)
+const DURATION = Number(args.duration)
+const CONNECTIONS = Number(args.connections)
+const UNCACHED = Number(args['uncached-tokens'])
+const cleanup = []
+const children = []
+process.on('exit', () => { for (const c of children) if (c.exitCode === null) c.kill('SIGTERM') })
+
+/** The base build: `git archive <ref>` compiled with this tree's TypeScript and node_modules. */
+function buildBase () {
+  if (args['base-dir'] !== undefined) return args['base-dir']
+  const dir = mkdtempSync(join(tmpdir(), 'tollgate-base-'))
+  cleanup.push(dir)
+  const ref = args['base-ref']
+  execFileSync('sh', ['-c', `git -C "${ROOT}" archive "${ref}" src package.json tsconfig.json tsconfig.build.json | tar -x -C "${dir}"`])
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'))
+  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(dir, 'tsconfig.build.json')], { stdio: 'inherit' })
+  const commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', ref]).toString().trim()
+  process.stdout.write(`base: ${ref} (${commit}) built in ${dir}\n`)
+  return dir
+}
+
+async function freePort () {
+  const server = createServer()
+  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address()
+  await new Promise(resolve => server.close(resolve))
+  return port
+}
+
+const CLIENT_SECRET = randomBytes(24).toString('base64url')
+const BASIC = 'Basic ' + Buffer.from(`bench:${CLIENT_SECRET}`).toString('base64')
+const TOKEN_BODY = 'grant_type=client_credentials'
+
+async function startGateway (name, dir) {
+  const dataDir = mkdtempSync(join(tmpdir(), `tollgate-cmp-${name}-`))
+  cleanup.push(dataDir)
+  const port = await freePort()
+  const configFile = join(dataDir, 'tollgate.yaml')
+  // No tool is called here; the upstream address is only there to make the config complete.
+  writeFileSync(configFile, tollgateConfig(port, 'http://127.0.0.1:9'))
+  const child = spawn(process.execPath, [join(dir, 'dist', 'cli.js'), 'serve', '--config', configFile], {
+    cwd: dir,
+    env: { ...process.env, TOLLGATE_DATA_DIR: dataDir, TOLLGATE_LOG_LEVEL: 'warn', TOLLGATE_SECRET: randomBytes(32).toString('base64'), BENCH_CLIENT_SECRET: CLIENT_SECRET },
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  children.push(child)
+  const url = `http://127.0.0.1:${port}`
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`)
+    try { if ((await fetch(`${url}/health`)).status === 200) break } catch {}
+    if (i > 600) throw new Error(`${name} did not become healthy`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  return { name, url, child }
+}
+
+async function issueTokens (url, n) {
+  const tokens = []
+  const one = async () => {
+    const res = await fetch(`${url}/token`, { method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY })
+    if (res.status !== 200) throw new Error(`POST /token: ${res.status}`)
+    return (await res.json()).access_token
+  }
+  // The first request pays scrypt; later ones hit the verified-secret cache (concurrent first
+  // requests would queue behind the scrypt limit and be refused with 503).
+  tokens.push(await one())
+  for (let i = 1; i < n; i += 50) tokens.push(...await Promise.all(Array.from({ length: Math.min(50, n - i) }, one)))
+  return tokens
+}
+
+/** Each connection cycles through its own slice of the tokens, so a token comes back only after all the others. */
+function spread (requests) {
+  const size = Math.max(1, Math.ceil(requests.length / CONNECTIONS))
+  let n = 0
+  return {
+    requests: requests.slice(0, size),
+    setupClient: client => {
+      const start = (n++ * size) % requests.length
+      client.setRequests(requests.slice(start, start + size))
+    }
+  }
+}
+
+function cannon (opts) {
+  return new Promise((resolve, reject) => {
+    autocannon({ connections: CONNECTIONS, duration: DURATION, pipelining: 1, ...opts }, (err, result) => {
+      if (err) reject(err)
+      else resolve(result)
+    })
+  })
+}
+
+/** CPU time a process has used so far (user + system), in microseconds, from /proc/<pid>/stat. */
+function cpuMicros (pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100) // clock ticks of 10 ms
+}
+
+function median (values) {
+  const s = [...values].sort((a, b) => a - b)
+  const m = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+const ALL_SCENARIOS = {
+  validate_uncached: g => ({ url: g.url, ...spread(g.tokens.map(token => ({ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } }))) }),
+  token_issue: g => ({ url: `${g.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY })
+}
+
+const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name]) => args.only === undefined || args.only.split(',').includes(name)))
+
+async function main () {
+  if (!existsSync(join(ROOT, 'dist', 'cli.js'))) throw new Error('build this tree first: npm run build')
+  const baseDir = buildBase()
+  const base = await startGateway('base', baseDir)
+  const head = await startGateway('head', ROOT)
+  for (const g of [base, head]) {
+    g.tokens = await issueTokens(g.url, 'validate_uncached' in SCENARIOS ? UNCACHED : 1)
+    g.results = { validate_uncached: [], token_issue: [] }
+    g.cpu = { validate_uncached: [], token_issue: [] }
+  }
+  process.stdout.write(`${ROUNDS} rounds × ${DURATION} s, ${CONNECTIONS} connections, ${UNCACHED} tokens each for validate_uncached\n`)
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 === 0 ? [base, head] : [head, base]
+    for (const [scenario, opts] of Object.entries(SCENARIOS)) {
+      for (const g of order) {
+        const cpuBefore = cpuMicros(g.child.pid)
+        const result = await cannon(opts(g))
+        const cpu = (cpuMicros(g.child.pid) - cpuBefore) / Math.max(1, result.requests.total)
+        const bad = result.non2xx + result.errors + result.timeouts
+        if (bad > 0) throw new Error(`${g.name} ${scenario}: ${bad} failed requests`)
+        g.results[scenario].push(result.requests.average)
+        g.cpu[scenario].push(cpu)
+        process.stdout.write(`round ${round + 1} ${scenario.padEnd(17)} ${g.name}: ${result.requests.average.toFixed(0).padStart(5)} req/s  ${cpu.toFixed(0).padStart(4)} server µs/req\n`)
+      }
+    }
+  }
+  // On a shared machine req/s swings with the other tenants; server CPU per request moves much less.
+  process.stdout.write('\nmedians            req/s base   req/s head   head/base   µs/req base   µs/req head   base/head\n')
+  for (const scenario of Object.keys(SCENARIOS)) {
+    const b = median(base.results[scenario])
+    const h = median(head.results[scenario])
+    const cb = median(base.cpu[scenario])
+    const ch = median(head.cpu[scenario])
+    process.stdout.write(`${scenario.padEnd(17)} ${b.toFixed(0).padStart(11)} ${h.toFixed(0).padStart(12)} ${(h / b).toFixed(3).padStart(11)} ${cb.toFixed(0).padStart(13)} ${ch.toFixed(0).padStart(13)} ${(cb / ch).toFixed(3).padStart(11)}\n`)
+  }
+}
+
+try {
+  await main()
+} finally {
+  for (const c of children) {
+    if (c.exitCode === null) {
+      const exited = new Promise(resolve => c.once('exit', resolve))
+      c.kill('SIGTERM')
+      await exited
+    }
+  }
+  for (const dir of cleanup) rmSync(dir, { recursive: true, force: true })
+}
