@@ -105,7 +105,7 @@ t.test('POST /call sends the exact body with a downstream token and clean header
   t.equal(protectedHeader.typ, 'at+jwt')
   t.equal(payload.sub, 'agent')
   t.equal(payload.client_id, 'agent')
-  t.equal(payload.scope, 'tools:call tools:read')
+  t.equal(payload.scope, 'tools:call', 'only the tool\'s scopes, not all the caller holds (tools:call tools:read)')
   t.equal(payload.aud, 'tool:chat')
   t.ok((payload.exp as number) - (payload.iat as number) <= 60, 'lives at most 60 s')
   t.equal(payload.quota, undefined)

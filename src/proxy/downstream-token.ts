@@ -33,9 +33,11 @@ export class DownstreamTokens {
     const { token, claims } = this.tokens.issue({
       sub: caller.sub,
       clientId: caller.clientId,
-      scopes: [...caller.scopes],
+      // Only what the tool needs: its required scopes (the caller holds them all, or authorize refused).
+      scopes: tool.scopes.filter(scope => caller.scopes.has(scope)),
       audiences: [tool.audience],
       ttl,
+      downstream: true,
       ...(c.act !== undefined ? { act: c.act } : {})
     })
     if (this.#cache.size >= MAX_ENTRIES) {

@@ -59,7 +59,17 @@ export interface IssueRequest {
   act?: AccessClaims['act']
   fid?: string
   claims?: Record<string, unknown>
+  /** A token for a tool to receive (proxy/downstream-token.ts): marked so no Tollgate endpoint accepts it. */
+  downstream?: boolean
 }
+
+/**
+ * The claim that marks a downstream token. A tool receives it as its own access token (RFC 9068
+ * `at+jwt`, its audience); Tollgate refuses it everywhere, so whoever sees it (the tool, its logs,
+ * the link) cannot replay it at /call, /validate, /quota, /revoke or a token exchange.
+ */
+export const TOKEN_USE_CLAIM = 'token_use'
+export const DOWNSTREAM_USE = 'downstream'
 
 export interface IssuedToken {
   token: string
@@ -151,6 +161,7 @@ export class Tokens {
     if (req.quota !== undefined) claims.quota = req.quota
     if (req.act !== undefined) claims.act = req.act
     if (req.fid !== undefined) claims.fid = req.fid
+    if (req.downstream === true) (claims as Record<string, unknown>)[TOKEN_USE_CLAIM] = DOWNSTREAM_USE
     let sign = this.#signers.get(key.privateKey)
     if (sign === undefined) {
       sign = keySigner(key.privateKey, key.alg, key.kid)
@@ -239,6 +250,8 @@ export class Tokens {
       aud = audience as string[]
       if (c.scope !== undefined && typeof c.scope !== 'string') throw new TokenRefused('claim scope is not a string')
       claims = validateClaims<AccessClaims>(c, nowMs / 1000, { leeway: this.#opts.leeway, maxLifetime: this.#opts.maxLifetime, strings: STRING_CLAIMS })
+      // A token minted for a tool: never accepted here (any value of the claim, so no spelling slips by).
+      if (c[TOKEN_USE_CLAIM] !== undefined) throw new TokenRefused('a downstream token is for its tool only')
     } catch (err) {
       if (err instanceof TokenRefused) throw invalidToken(err)
       throw err
