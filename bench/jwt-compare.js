@@ -16,13 +16,13 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { tollgateConfig } from './tollgate-config.js'
+import { freePort } from './free-port.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { values: args } = parseArgs({
@@ -56,14 +56,6 @@ function buildBase () {
   const commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', ref]).toString().trim()
   process.stdout.write(`base: ${ref} (${commit}) built in ${dir}\n`)
   return dir
-}
-
-async function freePort () {
-  const server = createServer()
-  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise(resolve => server.close(resolve))
-  return port
 }
 
 const CLIENT_SECRET = randomBytes(24).toString('base64url')

@@ -19,7 +19,6 @@ import { spawn, fork } from 'node:child_process'
 import { generateKeyPairSync, randomBytes, sign } from 'node:crypto'
 import { createServer as createHttpServer } from 'node:http'
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -28,6 +27,7 @@ import autocannon from 'autocannon'
 import { HAPROXY_INSTALL_HINT, haproxyVersion, startHaproxy } from './haproxy.js'
 import { pacedProbe } from './paced.js'
 import { tollgateConfig } from './tollgate-config.js'
+import { freePort } from './free-port.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RESULTS = join(ROOT, 'bench', 'results')
@@ -90,14 +90,6 @@ function startHelper (name, argv = []) {
     child.once('message', m => { resolve({ child, port: m.port, url: `http://127.0.0.1:${m.port}` }) })
     child.once('exit', code => { reject(new Error(`${name} exited with ${code} before listening`)) })
   })
-}
-
-async function freePort () {
-  const server = createServer()
-  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise(resolve => server.close(resolve))
-  return port
 }
 
 const CLIENT_SECRET = randomBytes(24).toString('base64url')
