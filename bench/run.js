@@ -532,7 +532,7 @@ async function main () {
       tempDirs.push(ctx.haproxy.dir)
     }
   }
-  const lanesNote = LANES.map(l => l === 'on' ? `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} defaults (fast paths on)` : `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} server.fastPath: false (names end in :off)`).join('; ')
+  const lanesNote = LANES.map(l => l === 'on' ? `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} defaults` : `pid ${ctx.tollgates.find(t => t.lane === l).tollgate.child.pid} server.fastPath: false (names end in :off)`).join('; ')
   console.log(`node ${process.version}; connections ${CONNECTIONS.join(', ')}; ${DURATION} s per measurement, ${ROUNDS} rounds; ${primary.distinct} distinct tokens (${primary.uncached} for uncached)`)
   console.log(`Tollgate: default configuration (access log on, log level info) but rate limits and quota raised; ${lanesNote}`)
   if (ctx.haproxy !== undefined) console.log(`HAProxy reference: ${ctx.haproxy.version}, nbthread ${HAPROXY_THREADS}, pid ${ctx.haproxy.child.pid}`)
@@ -664,7 +664,7 @@ function budgetTable (ratios, haproxySkipped) {
     return { label: `${l} >= ${min.toFixed(2)}`, min, values: value(l, 'ratio'), skipped }
   })
   if (LANES[0] === 'on') {
-    rows.push({ heading: 'at defaults (fast paths on):' }, ...budgetRows(''))
+    rows.push({ heading: 'at defaults:' }, ...budgetRows(''))
   }
   if (LANES.includes('off')) {
     rows.push({ heading: 'with server.fastPath: false (not the defaults):' }, ...budgetRows(':off'))
