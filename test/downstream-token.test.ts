@@ -35,7 +35,7 @@ t.test('a downstream token carries only the tool\'s scopes and is refused by eve
     await app.inject({ method: 'GET', url: '/quota', headers: bearer })
   ]
   for (const res of refusals) {
-    t.equal(res.statusCode, 401, res.raw.req.url)
+    t.equal(res.statusCode, 401, String(res.raw.req.url))
     t.equal(res.json().code, 'invalid_token')
   }
   t.equal(up.seen.length, 1, 'the replayed call reached no tool')
