@@ -69,9 +69,22 @@ function printKeys (keys: import('./keys/index.js').KeyManager): void {
   }
 }
 
+const OPTION_WORDS = new Set(['--now', '--config', '-c', '--help', '-h'])
+
+/**
+ * `keys retire <kid>`: a kid is base64url and may begin with '-' (one in 64 does), which parseArgs
+ * would read as options; it is moved behind `--`, where it can only be a positional.
+ */
+function kidAsPositional (argv: string[]): string[] {
+  const kid = argv[2]
+  if (argv[0] !== 'keys' || argv[1] !== 'retire' || kid === undefined || !kid.startsWith('-') || kid === '--') return argv
+  if (OPTION_WORDS.has(kid) || kid.startsWith('--config=')) return argv
+  return [argv[0], argv[1], ...argv.slice(3), '--', kid]
+}
+
 export async function main (argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
-    args: argv,
+    args: kidAsPositional(argv),
     options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, now: { type: 'boolean' } },
     allowPositionals: true
   })

@@ -164,6 +164,10 @@ t.test('CLI on SQLite: rotate --now with a rotation pending, then retire --now o
   const unknown = await tollgateInProcess(['keys', 'retire', 'no-such-kid', '--now', '--config', file])
   t.equal(unknown.status, 1)
   t.match(unknown.stderr, /no key no-such-kid/)
+  // A kid is base64url: one in 64 begins with '-', and must still be read as the kid, not an option.
+  const dashed = await tollgateInProcess(['keys', 'retire', '-uXyZ_dash-first', '--now', '--config', file])
+  t.equal(dashed.status, 1)
+  t.match(dashed.stderr, /no key -uXyZ_dash-first in the key set/)
   const withoutNow = await tollgateInProcess(['keys', 'retire', fresh, '--config', file])
   t.equal(withoutNow.status, 1, 'retire without --now is refused')
   t.match(withoutNow.stderr, /--now/)
