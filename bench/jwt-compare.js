@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { tollgateConfig } from './tollgate-config.js'
 import { freePort } from './free-port.js'
+import { spread } from './spread.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { values: args } = parseArgs({
@@ -99,18 +100,6 @@ async function issueTokens (url, n) {
   return tokens
 }
 
-/** Each connection cycles through its own slice of the tokens, so a token comes back only after all the others. */
-function spread (requests) {
-  const size = Math.max(1, Math.ceil(requests.length / CONNECTIONS))
-  let n = 0
-  return {
-    requests: requests.slice(0, size),
-    setupClient: client => {
-      const start = (n++ * size) % requests.length
-      client.setRequests(requests.slice(start, start + size))
-    }
-  }
-}
 
 function cannon (opts) {
   return new Promise((resolve, reject) => {
@@ -134,7 +123,7 @@ function median (values) {
 }
 
 const ALL_SCENARIOS = {
-  validate_uncached: g => ({ url: g.url, ...spread(g.tokens.map(token => ({ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } }))) }),
+  validate_uncached: g => ({ url: g.url, ...spread(g.tokens.map(token => ({ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } })), CONNECTIONS) }),
   token_issue: g => ({ url: `${g.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY })
 }
 

@@ -28,6 +28,7 @@ import { HAPROXY_INSTALL_HINT, haproxyVersion, startHaproxy } from './haproxy.js
 import { pacedProbe } from './paced.js'
 import { tollgateConfig } from './tollgate-config.js'
 import { freePort } from './free-port.js'
+import { spread } from './spread.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RESULTS = join(ROOT, 'bench', 'results')
@@ -220,23 +221,6 @@ function cannon (opts) {
   })
 }
 
-/**
- * Autocannon options spreading `requests` over `connections`: each connection cycles through its
- * own slice, so every request in the list is in use at once. (Handing every connection the whole
- * list makes autocannon build list × connections request buffers before it starts, which stalls it
- * long enough for its own 10 s request timeout to fire.)
- */
-function spread (requests, connections) {
-  const size = Math.max(1, Math.ceil(requests.length / connections))
-  let n = 0
-  return {
-    requests: requests.slice(0, size),
-    setupClient: client => {
-      const start = (n++ * size) % requests.length
-      client.setRequests(requests.slice(start, start + size))
-    }
-  }
-}
 
 // The scenarios a fast path (lane) can answer: measured on each Tollgate of --lanes. On the one
 // with server.fastPath: false their names end in `:off`.
