@@ -165,7 +165,7 @@ t.test('GET /validate counts a client on a dual-stack socket (::ffff:a.b.c.d) un
 
 t.test('replicas on one Redis share the failure counters: a replica that has not seen the limit refuses from its next failure on', async t => {
   const url = await testRedisUrl(t)
-  if (url === undefined) { t.pass('no Redis here: skipped'); return }
+  if (url === undefined) return // testRedisUrl reported it: a skip, or a failure under CI
   const prefix = uniquePrefix('failed-auth')
   t.teardown(() => deletePrefix(url, prefix))
   const replica = async (): Promise<any> => await build(t, testConfig(t, {

@@ -175,10 +175,7 @@ t.test('CLI on SQLite: rotate --now with a rotation pending, then retire --now o
 
 t.test('CLI on Redis: retiring the signing key reaches two running replicas within the reload interval', async t => {
   const url = await testRedisUrl(t)
-  if (url === undefined) {
-    t.pass('skipped: no Redis available (and CI is not set)')
-    return
-  }
+  if (url === undefined) return // testRedisUrl reported it: a skip, or a failure under CI
   const keyPrefix = uniquePrefix('keys-emergency')
   t.teardown(async () => { await deletePrefix(url, keyPrefix) })
   const { file, raw } = setup(t, { redis: url, keyPrefix, timeout: '2s' })

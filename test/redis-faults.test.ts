@@ -6,7 +6,8 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { build, issue, tempDir, testConfig } from './helper.js'
-import { hasRedisServerBinary, startRedisServer, uniquePrefix } from './support/redis.js'
+import { redisServerMissing, startRedisServer, uniquePrefix } from './support/redis.js'
+import { requires } from './support/skip.js'
 
 /** A generous ceiling: the bound under test is store.timeout (1 s here), not speed. */
 const CEILING_MS = 10_000
@@ -32,10 +33,9 @@ const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
 process.on('unhandledRejection', onUnhandled)
 t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
 
-const noServer = !hasRedisServerBinary()
-if (noServer && process.env.CI === 'true') t.fail('redis-server is not installed (run scripts/ensure-redis.sh)')
+const needsServer = requires(t, redisServerMissing())
 
-t.test('Redis down: 503 within the bound, process alive; Redis back: served again without a restart', { skip: noServer ? 'redis-server is not installed' : false }, async t => {
+t.test('Redis down: 503 within the bound, process alive; Redis back: served again without a restart', needsServer, async t => {
   const redis = await startRedisServer(t, { aofDir: tempDir(t, 'tollgate-aof-') })
   const config = testConfig(t, { store: { redis: redis.url, timeout: '1s', keyPrefix: uniquePrefix('faults') } })
   const app = await build(t, config)
@@ -80,7 +80,7 @@ t.test('Redis down: 503 within the bound, process alive; Redis back: served agai
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
-t.test('a frozen Redis (SIGSTOP: connection open, no answers) is bounded by store.timeout', { skip: noServer ? 'redis-server is not installed' : false }, async t => {
+t.test('a frozen Redis (SIGSTOP: connection open, no answers) is bounded by store.timeout', needsServer, async t => {
   const redis = await startRedisServer(t)
   const config = testConfig(t, { store: { redis: redis.url, timeout: '1s', keyPrefix: uniquePrefix('frozen') } })
   const app: FastifyInstance = await build(t, config)
@@ -103,7 +103,7 @@ t.test('a frozen Redis (SIGSTOP: connection open, no answers) is bounded by stor
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
-t.test('Redis back without its data: the key set is re-created, and tokens of the lost set are refused', { skip: noServer ? 'redis-server is not installed' : false }, async t => {
+t.test('Redis back without its data: the key set is re-created, and tokens of the lost set are refused', needsServer, async t => {
   const redis = await startRedisServer(t) // no persistence: a restart empties it
   const config = testConfig(t, { store: { redis: redis.url, timeout: '1s', keyPrefix: uniquePrefix('lost') } })
   const app = await build(t, config)

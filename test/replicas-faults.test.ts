@@ -5,11 +5,12 @@
 import t from 'tap'
 import { tempDir } from './helper.js'
 import { startCluster, startUpstream, type Replica } from './support/cluster.js'
-import { hasRedisServerBinary, startRedisServer } from './support/redis.js'
+import { redisServerMissing, startRedisServer } from './support/redis.js'
+import { skipOrFail } from './support/skip.js'
 
-if (!hasRedisServerBinary()) {
-  if (process.env.CI === 'true') t.fail('redis-server is not installed (run scripts/ensure-redis.sh)')
-  else t.pass('skipped: redis-server is not installed')
+const missing = redisServerMissing()
+if (missing !== undefined) {
+  skipOrFail(t, missing)
 } else {
   const redis = await startRedisServer(t, { aofDir: tempDir(t) })
   const upstream = await startUpstream(t)

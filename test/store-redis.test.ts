@@ -6,7 +6,8 @@ import { Redis } from 'ioredis'
 import { StoreUnavailable } from '../src/errors.js'
 import { RedisStore, connectionPlan, redactUrl, type StoreLogger } from '../src/store/redis.js'
 import { ManualClock } from './helper.js'
-import { deletePrefix, freePort, hasRedisServerBinary, startRedisServer, testRedisUrl, uniquePrefix } from './support/redis.js'
+import { deletePrefix, freePort, redisServerMissing, startRedisServer, testRedisUrl, uniquePrefix } from './support/redis.js'
+import { requires } from './support/skip.js'
 
 const NOW = new ManualClock().now
 
@@ -55,7 +56,7 @@ t.test('connecting to nothing fails within the bound, naming the URL without its
 
 const redisUrl = await testRedisUrl(t)
 
-t.test('key layout: one hash tag per script, TTLs that outlive the caller\'s expiry', { skip: redisUrl === undefined ? 'no Redis' : false }, async t => {
+if (redisUrl !== undefined) t.test('key layout: one hash tag per script, TTLs that outlive the caller\'s expiry', async t => {
   const url = redisUrl as string
   const keyPrefix = uniquePrefix('layout')
   const store = await RedisStore.connect(url, { timeoutMs: 2000, keyPrefix })
@@ -96,7 +97,7 @@ t.test('key layout: one hash tag per script, TTLs that outlive the caller\'s exp
   t.same(JSON.parse(await raw.hget(`${keyPrefix}{keys}`, 'k') ?? '{}').privateEnc, 'blob', 'the key set keeps the encrypted blob as given')
 })
 
-t.test('when Redis goes away: StoreUnavailable, errors logged without the password, recovery', { skip: hasRedisServerBinary() ? false : 'redis-server is not installed' }, async t => {
+t.test('when Redis goes away: StoreUnavailable, errors logged without the password, recovery', requires(t, redisServerMissing()), async t => {
   const password = 'hunter2-not-in-logs'
   const redis = await startRedisServer(t, { requirePass: password })
   const lines: string[] = []

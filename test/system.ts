@@ -8,28 +8,18 @@ import type { FastifyInstance } from 'fastify'
 import type { Config } from '../src/config.js'
 import { build, type TestContext } from './helper.js'
 import { freePort } from './support/redis.js'
-
-/** True when running in CI, where a missing system dependency is a failure, not a skip. */
-export const IN_CI = process.env.CI === 'true' || process.env.CI === '1'
-
-interface Skippable extends TestContext {
-  fail: (message: string) => unknown
-  /** tap's t.skip(name, fn): reports a skipped test with that name. */
-  skip: (name: string, fn: () => void) => unknown
-}
+import { skipOrFail, type Skippable } from './support/skip.js'
 
 /**
- * The path of an executable if present. When missing: fails the test in CI (scripts/ensure-system-deps.sh
- * should have installed it) and skips it elsewhere, with a message saying what to install.
+ * The path of an executable if present. When missing: a failure under CI (scripts/ensure-system-deps.sh
+ * should have installed it) and a skip elsewhere (support/skip.ts), saying what to install.
  */
 export function requireExecutable (t: Skippable, path: string, hint: string): string | undefined {
   try {
     accessSync(path, constants.X_OK)
     return path
   } catch {
-    const message = `${path} not found: ${hint} (or run scripts/ensure-system-deps.sh)`
-    if (IN_CI) t.fail(message)
-    else t.skip(message, () => {})
+    skipOrFail(t, `${path} not found: ${hint} (or run scripts/ensure-system-deps.sh)`)
     return undefined
   }
 }

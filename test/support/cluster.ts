@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url'
 import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, basic, client, tempDir, type TestContext } from '../helper.js'
-import { deletePrefix, freePort, testRedisUrl, uniquePrefix, type TapLike } from './redis.js'
+import { deletePrefix, freePort, testRedisUrl, uniquePrefix } from './redis.js'
+import type { Skippable } from './skip.js'
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
 const CLI = join(ROOT, 'dist', 'cli.js')
@@ -115,9 +116,10 @@ export function defaultClusterConfig (): Record<string, unknown> {
 
 /**
  * Starts `replicas` gateway processes on one Redis (TOLLGATE_TEST_REDIS_URL, the default port or
- * a private redis-server). Returns undefined when no Redis can be had outside CI (skip the test).
+ * a private redis-server). Undefined when no Redis can be had: testRedisUrl has reported that on
+ * `t` (a skip here, a failure under CI), so the caller runs nothing more.
  */
-export async function startCluster (t: TapLike, options: ClusterOptions = {}): Promise<Cluster | undefined> {
+export async function startCluster (t: Skippable, options: ClusterOptions = {}): Promise<Cluster | undefined> {
   const redisUrl = options.redisUrl ?? await testRedisUrl(t)
   if (redisUrl === undefined) return undefined
   ensureBuilt()

@@ -1,6 +1,6 @@
 // Real Redis for tests: the one at TOLLGATE_TEST_REDIS_URL (else redis://127.0.0.1:6379) when it
-// answers, else a redis-server started here on a free port and stopped in teardown. Under CI=true a
-// Redis that cannot be had fails the test instead of skipping it. Servers started here are waited
+// answers, else a redis-server started here on a free port and stopped in teardown. A Redis (or a
+// redis-server binary) that cannot be had is a skip here and a failure under CI (support/skip.ts). Servers started here are waited
 // for by their "Ready to accept connections" line (a handshake, not a sleep).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
@@ -8,10 +8,7 @@ import { existsSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { Redis } from 'ioredis'
 import type { TestContext } from '../helper.js'
-
-export interface TapLike extends TestContext {
-  fail: (msg: string) => void
-}
+import { skipOrFail, type Skippable } from './skip.js'
 
 export async function freePort (): Promise<number> {
   return await new Promise((resolve, reject) => {
@@ -115,18 +112,22 @@ export function hasRedisServerBinary (): boolean {
   return (process.env.PATH ?? '').split(':').some(dir => dir !== '' && existsSync(`${dir}/redis-server`))
 }
 
+/** Why a test that starts its own redis-server cannot run here, or undefined when it can (for requires()). */
+export function redisServerMissing (): string | undefined {
+  return hasRedisServerBinary() ? undefined : 'redis-server is not installed (run scripts/ensure-redis.sh, or apt-get install redis-server)'
+}
+
 /**
  * The Redis URL for store tests: TOLLGATE_TEST_REDIS_URL or the default port when it answers,
- * else a private server. Undefined (the caller skips) only outside CI when there is no Redis at all.
+ * else a private server. Undefined when there is no Redis at all: then this has already reported it
+ * on `t` (a skip, or a failure under CI), and the caller just does not run what needed Redis.
  */
-export async function testRedisUrl (t: TapLike): Promise<string | undefined> {
+export async function testRedisUrl (t: Skippable): Promise<string | undefined> {
   const configured = process.env.TOLLGATE_TEST_REDIS_URL
   const url = configured !== undefined && configured !== '' ? configured : 'redis://127.0.0.1:6379'
   if (await redisAnswers(url)) return url
   if (hasRedisServerBinary()) return (await startRedisServer(t)).url
-  if (process.env.CI === 'true') {
-    t.fail(`no Redis answers at ${url} and redis-server is not installed (run scripts/ensure-redis.sh)`)
-  }
+  skipOrFail(t, `no Redis answers at ${url} and redis-server is not installed (run scripts/ensure-redis.sh)`)
   return undefined
 }
 
