@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Makes sure a Redis answers for the integration tests (store contract, faults, replicas): the one
-# at TOLLGATE_TEST_REDIS_URL (default redis://127.0.0.1:6379) if it answers PING; otherwise
-# installs Debian's redis-server when missing and starts it on that URL's port (loopback only, no
-# persistence: test data only). Used by .ci/run; safe to run again.
+# Makes sure the integration tests have Redis: Debian's redis-server and redis-cli are installed
+# when missing, always, even when an external Redis answers (the fault, outage and Redis Cluster
+# tests start redis-server processes of their own, and under CI a missing binary fails them);
+# then a Redis answers at TOLLGATE_TEST_REDIS_URL (default redis://127.0.0.1:6379): the one there
+# if it answers PING, else one started on that URL's port (loopback only, no persistence: test data
+# only). Used by .ci/run; safe to run again.
 set -euo pipefail
 
 url="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
@@ -18,13 +20,8 @@ answers () {
   command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -u "$url" ping 2>/dev/null || true)" = "PONG" ]
 }
 
-if answers; then
-  echo "redis: answering at ${host}:${port}"
-  exit 0
-fi
-
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  echo "redis: redis-server not found; installing Debian's redis-server"
+  echo "redis: redis-server or redis-cli not found; installing Debian's redis-server"
   if [ "$(id -u)" = "0" ]; then
     apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
   elif command -v sudo >/dev/null 2>&1; then
@@ -33,11 +30,17 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     echo "redis: cannot install redis-server (not root, no sudo)" >&2
     exit 1
   fi
-  # The package may have started its own service on the default port.
-  if answers; then
-    echo "redis: answering at ${host}:${port}"
-    exit 0
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "redis: redis-server or redis-cli is still not on PATH after the install (PATH=${PATH})" >&2
+    exit 1
   fi
+fi
+echo "redis: $(redis-server --version)"
+
+# An external Redis, or the package's own service on the default port.
+if answers; then
+  echo "redis: answering at ${host}:${port}"
+  exit 0
 fi
 
 case "$host" in
