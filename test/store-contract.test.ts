@@ -1,15 +1,18 @@
 // One contract for the Store interface, run against both implementations: SqliteStore on a temp
 // file and RedisStore on a real Redis (TOLLGATE_TEST_REDIS_URL, the default port, or a private
-// redis-server). Every method, with the concurrency cases that make the gateway exact: quota
+// redis-server), and again on a Redis Cluster of three local nodes, where a script whose keys
+// do not share one hash slot fails (CROSSSLOT) and keys are spread over the nodes. Every method, with the concurrency cases that make the gateway exact: quota
 // check-and-charge, rotation compare-and-swap, one pending key rotation.
 import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
+import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import type { KeyRecord, RefreshFamily, Store } from '../src/store/index.js'
 import { RedisStore } from '../src/store/redis.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { ManualClock, tempDir } from './helper.js'
-import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
+import { deletePrefix, redisServerMissing, startRedisCluster, testRedisUrl, uniquePrefix } from './support/redis.js'
+import { requires } from './support/skip.js'
 
 type Open = (t: Test) => Promise<Store>
 
@@ -294,5 +297,25 @@ if (redisUrl !== undefined) t.test('RedisStore', async t => { // else testRedisU
     })
     t.equal(store.kind, 'redis')
     return store
+  })
+})
+
+// Cluster mode refuses a script whose keys hash to different slots, so every operation passing
+// here proves its keys share a hash tag; with three masters the keys also land on different nodes,
+// so the client's slot routing (MOVED) is exercised too.
+t.test('RedisStore on a three-node Redis Cluster', requires(t, redisServerMissing()), async t => {
+  const cluster = await startRedisCluster(t, 3)
+  contract(t, async t => {
+    const store = await RedisStore.connect(cluster.url, { timeoutMs: 2000, keyPrefix: uniquePrefix('contract-cluster') })
+    t.teardown(async () => { await store.close() })
+    t.equal(store.kind, 'redis')
+    return store
+  })
+  t.test('the keys written above are spread over all three nodes', async t => {
+    for (const node of cluster.nodes) {
+      const redis = new Redis(node.url)
+      t.teardown(() => { redis.disconnect() })
+      t.ok(await redis.dbsize() > 0, `node on port ${node.port} holds keys`)
+    }
   })
 })

@@ -5,9 +5,10 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
+import { join } from 'node:path'
 import { createServer, connect } from 'node:net'
 import { Redis } from 'ioredis'
-import type { TestContext } from '../helper.js'
+import { tempDir, type TestContext } from '../helper.js'
 import { skipOrFail, type Skippable } from './skip.js'
 
 export async function freePort (): Promise<number> {
@@ -59,6 +60,8 @@ export interface RedisServerOptions {
   aofDir?: string
   requirePass?: string
   port?: number
+  /** A Redis Cluster node: its cluster bus port and the folder for its nodes.conf (startRedisCluster). */
+  cluster?: { busPort: number, dir: string }
 }
 
 /** Starts a private redis-server on a free port; stopped in teardown. */
@@ -68,6 +71,11 @@ export async function startRedisServer (t: TestContext, options: RedisServerOpti
   if (options.aofDir !== undefined) args.push('--appendonly', 'yes', '--appendfsync', 'always', '--dir', options.aofDir)
   else args.push('--appendonly', 'no')
   if (options.requirePass !== undefined) args.push('--requirepass', options.requirePass)
+  if (options.cluster !== undefined) {
+    // The bus port is set (not port + 10000, which may be taken or above 65535).
+    args.push('--cluster-enabled', 'yes', '--cluster-port', String(options.cluster.busPort),
+      '--cluster-config-file', join(options.cluster.dir, `nodes-${port}.conf`), '--cluster-node-timeout', '5000')
+  }
   let child: ChildProcess | undefined
 
   const start = async (): Promise<void> => {
@@ -106,6 +114,55 @@ export async function startRedisServer (t: TestContext, options: RedisServerOpti
     return child.pid
   }
   return { port, url: `redis://${options.requirePass !== undefined ? `:${options.requirePass}@` : ''}127.0.0.1:${port}`, stop, start, pid }
+}
+
+export interface RedisCluster {
+  nodes: RedisServer[]
+  /** The store URL for it: redis+cluster://127.0.0.1:p1,127.0.0.1:p2,... */
+  url: string
+}
+
+/** Distinct free ports (a port just freed can be handed out again by the next freePort). */
+async function freePorts (count: number): Promise<number[]> {
+  const ports = new Set<number>()
+  while (ports.size < count) ports.add(await freePort())
+  return [...ports]
+}
+
+/**
+ * A Redis Cluster of `size` local redis-server nodes (masters, no replicas) on free ports, the 16384
+ * slots split evenly between them; stopped in teardown. Built with CLUSTER ADDSLOTS, SET-CONFIG-EPOCH
+ * and MEET (what `redis-cli --cluster create` sends), and returned once every node reports
+ * cluster_state:ok and knows every other node, so the first command meets a settled slot map.
+ */
+export async function startRedisCluster (t: TestContext, size = 3): Promise<RedisCluster> {
+  const dir = tempDir(t, 'tollgate-redis-cluster-')
+  const ports = await freePorts(size * 2)
+  const nodes = await Promise.all(Array.from({ length: size }, async (_, i) =>
+    await startRedisServer(t, { port: ports[2 * i], cluster: { busPort: ports[2 * i + 1] as number, dir } })))
+  const clients = nodes.map(node => new Redis(node.url, { lazyConnect: true, maxRetriesPerRequest: 1 }))
+  try {
+    await Promise.all(clients.map(async (c, i) => {
+      await c.connect()
+      const from = Math.floor(16384 * i / size)
+      const to = Math.floor(16384 * (i + 1) / size)
+      await c.call('CLUSTER', 'ADDSLOTS', ...Array.from({ length: to - from }, (_, k) => String(from + k)))
+      await c.call('CLUSTER', 'SET-CONFIG-EPOCH', String(i + 1))
+    }))
+    const [first] = clients
+    for (let i = 1; i < size; i++) await first?.call('CLUSTER', 'MEET', '127.0.0.1', String(ports[2 * i]), String(ports[2 * i + 1]))
+    // Gossip has no event to await from here: poll each node's own view, bounded.
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      const infos = await Promise.all(clients.map(async c => String(await c.call('CLUSTER', 'INFO'))))
+      if (infos.every(info => info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${size}`))) break
+      if (Date.now() > deadline) throw new Error(`the Redis Cluster did not settle within 30 s:\n${infos.join('\n')}`)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  } finally {
+    for (const c of clients) c.disconnect()
+  }
+  return { nodes, url: `redis+cluster://${nodes.map(n => `127.0.0.1:${n.port}`).join(',')}` }
 }
 
 export function hasRedisServerBinary (): boolean {
