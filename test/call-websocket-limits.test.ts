@@ -25,6 +25,7 @@ async function startCountingUpstream (t: TestContext): Promise<CountingUpstream>
   const wss = new WebSocketServer({ noServer: true, maxPayload: 256 * 1024 * 1024 })
   let open = 0
   let total = 0
+  const pending = new Set<NodeJS.Timeout>()
   const up: CountingUpstream = {
     origin: '',
     open: () => open,
@@ -43,15 +44,19 @@ async function startCountingUpstream (t: TestContext): Promise<CountingUpstream>
     // upgraded socket is half-open by default).
     const left = (): void => { socket.destroy() }
     socket.once('end', left)
-    setTimeout(() => {
+    const timer = setTimeout(() => {
+      pending.delete(timer)
       socket.off('end', left)
       if (socket.destroyed) return
       wss.handleUpgrade(req, socket, head, ws => { up.onConnection(ws, req) })
     }, up.delayMs)
+    pending.add(timer)
   })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
   up.origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   t.teardown(async () => {
+    // A handshake the tool is still delaying must not keep the test process alive.
+    for (const timer of pending) clearTimeout(timer)
     for (const ws of wss.clients) ws.terminate()
     server.closeAllConnections()
     await new Promise(resolve => server.close(resolve))
