@@ -2,13 +2,15 @@
 // (the caller gets the HTTP error, the tool sees no TCP connection at all), and POST /revoke closes
 // a live connection with 1008 within 5 s. One app on a real port, on an injected clock (the limit
 // and quota windows cannot roll over mid-test), and one real upstream WebSocket server that counts
-// every TCP connection it accepts. Each case uses its own client, so its own subject.
+// every TCP connection it accepts. Each case uses its own client, so its own subject. The last
+// case runs two replicas on one Redis: the revocation is made at one, the connection lives at the other.
 import { createServer } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import t from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { FORM, ManualClock, basic, client, form, issue } from './helper.js'
 import { startApp } from './call-helper.js'
+import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
 // The tool: echoes messages; counts TCP connections (a refused upgrade must not open one).
 const server = createServer((_req, res) => { res.writeHead(404).end() })
@@ -67,7 +69,21 @@ async function refused (ws: WebSocket): Promise<{ status: number, headers: Recor
   })
 }
 
-const connect = (token: string): WebSocket => new WebSocket(url, { headers: { authorization: `Bearer ${token}` } })
+const connect = (token: string, to = url): WebSocket => new WebSocket(to, { headers: { authorization: `Bearer ${token}` } })
+
+/** The close of `ws` if it comes within `ms`, else undefined (a regression fails instead of hanging). */
+async function closedWithin (ws: WebSocket, ms: number): Promise<{ code: number, reason: string, at: number } | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const closed = new Promise<{ code: number, reason: string, at: number }>(resolve => {
+    ws.once('close', (code, reason) => { resolve({ code, reason: String(reason), at: performance.now() }) })
+  })
+  const deadline = new Promise<undefined>(resolve => { timer = setTimeout(() => { resolve(undefined) }, ms) })
+  try {
+    return await Promise.race([closed, deadline])
+  } finally {
+    clearTimeout(timer)
+  }
+}
 
 t.test('a spent quota refuses the upgrade with 429 quota_exceeded; the tool sees no connection', async t => {
   const token = (await issue(app, {}, 'metered')).access_token as string
@@ -114,17 +130,11 @@ t.test('POST /revoke closes a live WebSocket with 1008 within 5 s; another token
   const other = connect(kept)
   await Promise.all([opened(doomed), opened(other)])
   t.equal(await echo(doomed, 'before'), 'echo: before')
-  const closed = new Promise<{ code: number, reason: string, at: number }>(resolve => {
-    doomed.once('close', (code, reason) => { resolve({ code, reason: String(reason), at: performance.now() }) })
-  })
 
   const res = await app.inject({ method: 'POST', url: '/revoke', headers: { authorization: basic('watched'), ...FORM }, payload: form({ token: revoked }) })
   t.equal(res.statusCode, 200)
   const revokedAt = performance.now()
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const deadline = new Promise<undefined>(resolve => { timer = setTimeout(() => { resolve(undefined) }, 5000) })
-  const result = await Promise.race([closed, deadline])
-  clearTimeout(timer)
+  const result = await closedWithin(doomed, 5000)
   if (result === undefined) {
     t.fail('the connection was still open 5 s after POST /revoke answered')
     doomed.terminate()
@@ -135,5 +145,45 @@ t.test('POST /revoke closes a live WebSocket with 1008 within 5 s; another token
   }
   t.equal(other.readyState, WebSocket.OPEN, 'positive control: the connection of a token that was not revoked stays open')
   t.equal(await echo(other, 'after'), 'echo: after', 'and keeps relaying')
+  other.terminate()
+})
+
+// Replicas on one Redis: the connection lives at replica B, the revocation is made at replica A.
+const redisUrl = await testRedisUrl(t)
+t.test('POST /revoke at one replica closes a WebSocket held by another within 5 s', { skip: redisUrl === undefined ? 'no Redis' : false }, async t => {
+  const keyPrefix = uniquePrefix('ws-revoke')
+  t.teardown(async () => { await deletePrefix(redisUrl as string, keyPrefix) })
+  const replica = async (): Promise<Awaited<ReturnType<typeof startApp>>> => {
+    const started = await startApp(t, undefined, [{ name: 'chat', origin, path: '/stream', websocket: true }], {
+      clients: [client('watched')],
+      store: { redis: redisUrl, keyPrefix, timeout: '2s' }
+    })
+    t.teardown(() => { started.app.server.closeAllConnections() })
+    return started
+  }
+  const a = await replica()
+  const b = await replica()
+  const revoked = (await issue(a.app, {}, 'watched')).access_token as string
+  const kept = (await issue(a.app, {}, 'watched')).access_token as string
+  const atB = `ws://127.0.0.1:${b.port}/call/chat/room`
+  const doomed = connect(revoked, atB)
+  const other = connect(kept, atB)
+  await Promise.all([opened(doomed), opened(other)])
+  t.equal(await echo(doomed, 'before'), 'echo: before')
+
+  const res = await a.app.inject({ method: 'POST', url: '/revoke', headers: { authorization: basic('watched'), ...FORM }, payload: form({ token: revoked }) })
+  t.equal(res.statusCode, 200)
+  const revokedAt = performance.now()
+  const result = await closedWithin(doomed, 5000)
+  if (result === undefined) {
+    t.fail('the connection at replica B was still open 5 s after POST /revoke answered at replica A')
+    doomed.terminate()
+  } else {
+    t.equal(result.code, 1008)
+    t.equal(result.reason, 'token revoked')
+    t.ok(result.at - revokedAt < 5000, `closed ${Math.round(result.at - revokedAt)} ms after the revocation`)
+  }
+  t.equal(other.readyState, WebSocket.OPEN, 'positive control: the other token\'s connection at replica B stays open')
+  t.equal(await echo(other, 'after'), 'echo: after')
   other.terminate()
 })
