@@ -1,6 +1,6 @@
 // Contract lines that had no assertion (issue 20, item 4), each with a positive control:
 // - X-Auth-* values are checked for CR/LF: a token the gateway's own key signed, whose `sub` carries
-//   "\r\n", never becomes a header (CONTRACT §3);
+//   "\r\n", never becomes a header, at GET /validate or upstream from /call (CONTRACT §3, §5);
 // - an unknown client costs the same work as a wrong secret: the same scrypt, counted at node:crypto
 //   (CONTRACT §2);
 // - `act` reaches the downstream token a tool receives from an exchanged caller (CONTRACT §5);
@@ -64,6 +64,16 @@ t.test('GET /validate never emits a header with CR/LF, even for a token the gate
     t.notMatch(head, /x-auth-/i, 'no X-Auth-* header at all')
     for (const line of head.split('\r\n')) t.notMatch(line, /[\u0000-\u001f\u007f]/, 'no control character inside a header line')
   }
+
+  // The same sub at /call, where it would become X-Auth-Subject upstream: refused, nothing forwarded.
+  const call = async (sub: string): Promise<number> => (await app.inject({
+    method: 'POST', url: '/call', headers: { authorization: `Bearer ${sign(sub)}`, 'content-type': 'application/json' }, payload: { tool: 'chat', arguments: {} }
+  })).statusCode
+  const seen = upstream.seen.length
+  t.equal(await call('clean-subject'), 200, 'positive control: /call forwards for a clean sub')
+  t.equal(upstream.seen.at(-1)?.headers['x-auth-subject'], 'clean-subject')
+  t.equal(await call('evil\r\nX-Injected: 1'), 401, '/call refuses a sub with CR/LF')
+  t.equal(upstream.seen.length, seen + 1, 'and forwards nothing for it')
 })
 
 /** Every node:crypto scrypt call made while `fn` runs, with its key length and cost parameters. */
