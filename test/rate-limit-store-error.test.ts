@@ -6,9 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { FORM, basic, build, form, testConfig } from './helper.js'
 import { hasRedisServerBinary, startRedisServer, uniquePrefix } from './support/redis.js'
-
-const noServer = !hasRedisServerBinary()
-if (noServer && process.env.CI === 'true') t.fail('redis-server is not installed (run scripts/ensure-redis.sh)')
+import { requires } from './support/skip.js'
 
 interface Answer { statusCode: number, body: any }
 
@@ -17,7 +15,7 @@ async function token (app: FastifyInstance, ip: string, clientId = 'other'): Pro
   return { statusCode: res.statusCode, body: res.json() }
 }
 
-t.test('onStoreError with a Redis that stops', { skip: noServer ? 'redis-server is not installed' : false }, async t => {
+t.test('onStoreError with a Redis that stops', requires(t, hasRedisServerBinary() ? undefined : 'redis-server is not installed (run scripts/ensure-redis.sh)'), async t => {
   const redis = await startRedisServer(t)
   const appFor = async (mode: 'fail-closed' | 'fail-open'): Promise<FastifyInstance> => await build(t, testConfig(t, {
     store: { redis: redis.url, timeout: '1s', keyPrefix: uniquePrefix(`on-store-error-${mode}`) },
