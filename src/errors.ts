@@ -125,14 +125,18 @@ export class StoreUnavailable extends TollgateError {
   }
 }
 
-/** Whether a bearer-token challenge should carry error="..." (RFC 6750 §3). */
-export function bearerChallenge (err: TollgateError, realm = 'tollgate'): string | undefined {
-  if (err instanceof MissingToken) return `Bearer realm="${realm}"`
+/**
+ * The RFC 6750 §3 challenge for a refusal, if it takes one (with error="..." once a token was
+ * presented). `resourceMetadata` (RFC 9728 §5.1) is added to 401 challenges only.
+ */
+export function bearerChallenge (err: TollgateError, resourceMetadata?: string, realm = 'tollgate'): string | undefined {
+  const metadata = resourceMetadata !== undefined && err.statusCode === 401 ? `, resource_metadata=${quotedString(resourceMetadata)}` : ''
+  if (err instanceof MissingToken) return `Bearer realm="${realm}"${metadata}`
   if (err instanceof InsufficientScope) {
     return `Bearer realm="${realm}", error="insufficient_scope", error_description="${quote(err.message)}", scope="${quote(err.requiredScope)}"`
   }
   if (err.statusCode === 401) {
-    return `Bearer realm="${realm}", error="invalid_token", error_description="${quote(err.message)}"`
+    return `Bearer realm="${realm}", error="invalid_token", error_description="${quote(err.message)}"${metadata}`
   }
   return undefined
 }
@@ -140,4 +144,13 @@ export function bearerChallenge (err: TollgateError, realm = 'tollgate'): string
 // RFC 6750 §3: attribute values are quoted-strings; keep them to printable ASCII without quotes.
 function quote (value: string): string {
   return value.replace(/[^\x20-\x7e]|["\\]/g, '')
+}
+
+/**
+ * RFC 9110 §5.6.4 quoted-string for a value that must arrive unchanged (a URL): `"` and `\` are
+ * escaped; anything outside printable ASCII is percent-encoded, so no header can be split or forged.
+ */
+export function quotedString (value: string): string {
+  const safe = value.replace(/[^\x20-\x7e]/gu, c => [...Buffer.from(c, 'utf8')].map(b => '%' + b.toString(16).toUpperCase().padStart(2, '0')).join(''))
+  return `"${safe.replace(/["\\]/g, c => '\\' + c)}"`
 }

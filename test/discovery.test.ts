@@ -35,7 +35,8 @@ t.test('GET /.well-known/oauth-authorization-server (RFC 8414)', async t => {
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-    service_documentation: 'https://tollgate.test/docs'
+    service_documentation: 'https://tollgate.test/docs',
+    protected_resources: []
   })
 })
 

@@ -148,6 +148,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/.well-known/oauth-protected-resource": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Protected resource metadata of the gateway (RFC 9728)
+         * @description The gateway as an OAuth protected resource: its resource identifier (`server.publicUrl`), the authorization server that issues its tokens, the scopes its tools use and how to present a token. Cache for at most `max-age`.
+         */
+        get: operations["getResourceMetadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/oauth-protected-resource/call/{tool}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Protected resource metadata of one tool (RFC 9728)
+         * @description The tool as an OAuth protected resource: its resource identifier `<publicUrl>/call/<tool>` (the value of `resource` at POST /token, RFC 8707) and the scopes it requires. Cache for at most `max-age`.
+         */
+        get: operations["getToolResourceMetadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -314,8 +354,8 @@ export interface components {
             subject_token_type?: string;
             /** @description token exchange (RFC 8693) */
             requested_token_type?: string;
-            /** @description not supported: use audience */
-            resource?: string;
+            /** @description RFC 8707 resource indicator, repeatable: a tool's resource URI `<publicUrl>/call/<tool>` (listed in `protected_resources` of the server metadata). The token's audience is those tools' audiences (together with any `audience`); an unknown resource, or one whose audience the client may not have, is `invalid_target`. */
+            resource?: string | string[];
         };
         TokenResponse: {
             access_token: string;
@@ -335,6 +375,8 @@ export interface components {
             scope?: string;
             /** @description Space-separated; may narrow, never widen */
             audience?: string;
+            /** @description RFC 8707 resource indicator, repeatable: a tool's resource URI `<publicUrl>/call/<tool>` (listed in `protected_resources` of the server metadata). The token's audience is those tools' audiences (together with any `audience`); an unknown resource, or one whose audience the client may not have, is `invalid_target`. */
+            resource?: string | string[];
             client_id?: string;
             client_secret?: string;
         };
@@ -417,6 +459,20 @@ export interface components {
             introspection_endpoint_auth_methods_supported: string[];
             revocation_endpoint_auth_methods_supported: string[];
             service_documentation: string;
+            /** @description RFC 9728 §4: the tools' resource identifiers `<publicUrl>/call/<tool>`, the values `resource` accepts at POST /token (RFC 8707) */
+            protected_resources: string[];
+        };
+        /** @description RFC 9728 §2 */
+        ProtectedResourceMetadata: {
+            /** @description The resource identifier: `server.publicUrl`, or `<publicUrl>/call/<tool>` for a tool */
+            resource: string;
+            /** @description The issuer, whose RFC 8414 metadata names the token endpoint */
+            authorization_servers: string[];
+            scopes_supported: string[];
+            /** @description `header` only: a token is never read from the query or the body */
+            bearer_methods_supported: string[];
+            /** @description RFC 9449: present when DPoP is on */
+            dpop_signing_alg_values_supported?: string[];
         };
     };
     responses: never;
@@ -724,7 +780,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the required audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -735,7 +791,7 @@ export interface operations {
             /** @description The token lacks a required scope (insufficient_scope), or the caller is rate-limited (rate_limited, with Retry-After) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: string;
@@ -903,6 +959,58 @@ export interface operations {
             };
         };
     };
+    getResourceMetadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description RFC 9728 §2 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+        };
+    };
+    getToolResourceMetadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The configured tool name */
+                tool: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description RFC 9728 §2 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+            /** @description No such tool (tool_not_found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     getHealth: {
         parameters: {
             query?: never;
@@ -999,7 +1107,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1010,7 +1118,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1136,7 +1244,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1147,7 +1255,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1278,7 +1386,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1289,7 +1397,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1420,7 +1528,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1431,7 +1539,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1557,7 +1665,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1568,7 +1676,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1694,7 +1802,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1705,7 +1813,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1836,7 +1944,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1847,7 +1955,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1971,7 +2079,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };

@@ -10,6 +10,7 @@ import { FailedClientAuth } from '../oauth/failed-auth.js'
 import { Quotas } from '../quota/index.js'
 import { openStore, type Store } from '../store/index.js'
 import { Tokens } from '../tokens/index.js'
+import { ProtectedResources } from '../tools/resources.js'
 
 export interface CoreOptions {
   config: Config
@@ -33,6 +34,8 @@ declare module 'fastify' {
     /** Failed client authentications per client id and per address (src/oauth/failed-auth.ts). */
     failedClientAuth: FailedClientAuth
     quotas: Quotas
+    /** The gateway and its tools as protected resources (RFC 9728, RFC 8707). */
+    resources: ProtectedResources
   }
 }
 
@@ -78,6 +81,11 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.decorate('clients', new ClientRegistry(config.clients, clock, { concurrentSecretChecks: config.rateLimits.concurrentSecretChecks }))
   app.decorate('failedClientAuth', new FailedClientAuth(store, clock, config.rateLimits))
   app.decorate('quotas', new Quotas(store, clock))
+  app.decorate('resources', new ProtectedResources({
+    publicUrl: config.server.publicUrl ?? config.issuer,
+    issuer: config.issuer,
+    tools: config.tools
+  }))
 
   const timers = [
     setInterval(() => {

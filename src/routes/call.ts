@@ -225,6 +225,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         body: CallRequestSchema,
         response: { 200: toolAnswer, ...errorResponses }
       },
+      config: { protectedResource: 'tool' },
       onRequest: authenticateCall,
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
@@ -301,7 +302,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         ...options,
         method,
         url: '/call/:tool/*',
-        config: { swaggerTransform: documentPassThrough },
+        config: { swaggerTransform: documentPassThrough, protectedResource: 'tool' },
         schema: {
           operationId: method === 'GET' ? 'callToolPath' : `callToolPath${method[0]}${method.slice(1).toLowerCase()}`,
           tags: ['tools'],

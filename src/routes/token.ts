@@ -3,7 +3,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Client } from '../clients/index.js'
 import { OAuthError } from '../errors.js'
-import { authenticateClient, rejectRepeatedParameters, spaceList } from '../oauth/client-auth.js'
+import { authenticateClient, rejectRepeatedParameters, repeated, spaceList } from '../oauth/client-auth.js'
 import { ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../oauth/exchange.js'
 import type { AuditSink } from '../oauth/refresh.js'
 import { headers, oauthErrors, ref, response } from '../schemas/index.js'
@@ -32,10 +32,22 @@ export function narrow (requested: string[] | undefined, allowed: readonly strin
   return requested
 }
 
+/**
+ * The audiences a token request names: `audience` (space-separated) together with the audiences of
+ * its RFC 8707 `resource` values, each of which must be a tool's resource URI whose audience is in
+ * `allowed` (else invalid_target). undefined when neither is given (the grant's default applies).
+ */
+export function requestedAudiences (app: FastifyInstance, allowed: readonly string[], body: Record<string, string | undefined>): string[] | undefined {
+  const audiences = spaceList(body.audience)
+  const resources = repeated(body.resource as unknown)
+  if (resources === undefined) return audiences
+  return [...new Set([...(audiences ?? []), ...app.resources.audiencesFor(resources, allowed)])]
+}
+
 /** RFC 6749 §4.4. */
 const clientCredentialsGrant: Grant = async (app, _request, client, body) => {
   const scopes = narrow(spaceList(body.scope), client.scopes, 'invalid_scope', 'scope')
-  const audiences = narrow(spaceList(body.audience), client.audiences, 'invalid_target', 'audience')
+  const audiences = narrow(requestedAudiences(app, client.audiences, body), client.audiences, 'invalid_target', 'audience')
   if (audiences.length === 0) throw new OAuthError('invalid_target', 'the client has no audience to issue a token for')
   const ttl = client.accessTtl ?? app.config.tokens.accessTtl
   // A refresh client's grant starts a family: its first access token already carries the family
@@ -66,7 +78,7 @@ export const refreshGrant: Grant = async (app, request, client, body) => {
     request.log.info({ audit: event, ...fields }, event === 'refresh.reuse_detected' ? 'refresh token reuse detected: family revoked' : 'refresh token rotated')
   }
   try {
-    const rotated = await app.refreshTokens.rotate(client, body.refresh_token, { scopes: spaceList(body.scope), audiences: spaceList(body.audience) }, audit)
+    const rotated = await app.refreshTokens.rotate(client, body.refresh_token, { scopes: spaceList(body.scope), audiences: requestedAudiences(app, client.audiences, body) }, audit)
     app.metrics.refreshes.inc({ result: 'rotated' })
     return { issued: rotated.issued, ttl: rotated.ttl, refreshToken: rotated.refreshToken }
   } catch (err) {
@@ -79,12 +91,13 @@ export const refreshGrant: Grant = async (app, request, client, body) => {
 const tokenExchangeGrant: Grant = async (app, request, client, body) => {
   let exchanged
   try {
+    if (!client.exchange) throw new OAuthError('unauthorized_client', 'this client may not use token exchange')
     exchanged = await app.tokenExchange.exchange(client, {
       subjectToken: body.subject_token,
       subjectTokenType: body.subject_token_type,
       requestedTokenType: body.requested_token_type,
       scopes: spaceList(body.scope),
-      audiences: spaceList(body.audience)
+      audiences: requestedAudiences(app, client.audiences, body)
     })
   } catch (err) {
     app.metrics.exchanges.inc({ issuer: 'unknown', result: (err as { code?: string }).code ?? 'error' })

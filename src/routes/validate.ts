@@ -84,7 +84,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
   })
 
   app.get('/validate', {
-    config: { forwardAuth: true },
+    config: { forwardAuth: true, protectedResource: 'gateway' },
     schema: {
       operationId: 'forwardAuth',
       tags: ['validation'],
