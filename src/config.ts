@@ -48,6 +48,8 @@ const ClientSchema = Type.Object({
   quota: Type.Optional(Type.Object({ limit: Type.Integer({ minimum: 1 }), window: Type.Integer({ minimum: 1 }) }, { additionalProperties: false })),
   refresh: Type.Boolean({ default: false }),
   exchange: Type.Boolean({ default: false }),
+  /** RFC 9449 (CONTRACT §12): optional binds a token when a DPoP proof comes with the request; required refuses a request without one. */
+  dpop: Type.Optional(Type.Union([Type.Literal('optional'), Type.Literal('required')])),
   accessTtl: Type.Optional(PositiveSeconds),
   claims: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.String())]), { default: {} })
 }, { additionalProperties: false })

@@ -15,7 +15,7 @@ export interface paths {
         put?: never;
         /**
          * Issue an access token
-         * @description client_credentials (RFC 6749 §4.4), refresh_token (§6) and token exchange (RFC 8693). Client authentication: HTTP Basic or client_id + client_secret in the body.
+         * @description client_credentials (RFC 6749 §4.4), refresh_token (§6) and token exchange (RFC 8693). Client authentication: HTTP Basic or client_id + client_secret in the body. `resource` (RFC 8707, repeatable) names tools by their resource URI. A client configured with `dpop` may send a `DPoP` proof header (RFC 9449) for POST `<issuer>/token`: the access token is then bound to the proof's key (`cnf.jkt`, `token_type: DPoP`); a `required` client must, a client without `dpop` may not (400 invalid_dpop_proof).
          */
         post: operations["issueToken"];
         delete?: never;
@@ -73,7 +73,7 @@ export interface paths {
         };
         /**
          * Forward-auth decision
-         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.
+         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only, or, for a DPoP-bound token, `Authorization: DPoP` with a `DPoP` proof (RFC 9449) whose `htm`/`htu` name the original request: behind a trusted proxy, `X-Forwarded-Method` and `X-Forwarded-Proto`/`-Host`/`-Uri`; otherwise GET `<publicUrl>/validate`. A refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.
          */
         get: operations["forwardAuth"];
         put?: never;
@@ -239,7 +239,7 @@ export interface paths {
         put?: never;
         /**
          * Call a tool
-         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         post: operations["callTool"];
         delete?: never;
@@ -257,33 +257,33 @@ export interface paths {
         };
         /**
          * REST-style pass-through to a tool (GET)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         get: operations["callToolPath"];
         /**
          * REST-style pass-through to a tool (PUT)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         put: operations["callToolPathPut"];
         /**
          * REST-style pass-through to a tool (POST)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         post: operations["callToolPathPost"];
         /**
          * REST-style pass-through to a tool (DELETE)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         delete: operations["callToolPathDelete"];
         /**
          * REST-style pass-through to a tool (OPTIONS)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         options: operations["callToolPathOptions"];
         head?: never;
         /**
          * REST-style pass-through to a tool (PATCH)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         patch: operations["callToolPathPatch"];
         trace?: never;
@@ -359,8 +359,8 @@ export interface components {
         };
         TokenResponse: {
             access_token: string;
-            /** @enum {string} */
-            token_type: "Bearer";
+            /** @description `DPoP` when the request carried a DPoP proof and the token is bound to its key (RFC 9449 §5): present it as `Authorization: DPoP <token>` with a proof */
+            token_type: "Bearer" | "DPoP";
             /** @description Seconds */
             expires_in: number;
             scope: string;
@@ -423,6 +423,10 @@ export interface components {
             } & {
                 [key: string]: unknown;
             };
+            /** @description RFC 9449 §6.2: the DPoP key a bound token is bound to (its JWK SHA-256 thumbprint) */
+            cnf?: {
+                jkt: string;
+            };
             quota?: components["schemas"]["QuotaUsage"];
         };
         /** @description RFC 7517 JWK Set */
@@ -459,6 +463,8 @@ export interface components {
             introspection_endpoint_auth_methods_supported: string[];
             revocation_endpoint_auth_methods_supported: string[];
             service_documentation: string;
+            /** @description RFC 9449 §5.1: the algorithms accepted for DPoP proofs */
+            dpop_signing_alg_values_supported: string[];
             /** @description RFC 9728 §4: the tools' resource identifiers `<publicUrl>/call/<tool>`, the values `resource` accepts at POST /token (RFC 8707) */
             protected_resources: string[];
         };

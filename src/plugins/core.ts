@@ -11,6 +11,7 @@ import { Quotas } from '../quota/index.js'
 import { openStore, type Store } from '../store/index.js'
 import { Tokens } from '../tokens/index.js'
 import { ProtectedResources } from '../tools/resources.js'
+import { DPOP_ALGORITHMS, DpopVerifier } from '../tokens/dpop.js'
 
 export interface CoreOptions {
   config: Config
@@ -36,6 +37,8 @@ declare module 'fastify' {
     quotas: Quotas
     /** The gateway and its tools as protected resources (RFC 9728, RFC 8707). */
     resources: ProtectedResources
+    /** RFC 9449 proof verification, with its jti replay cache in the store. */
+    dpop: DpopVerifier
   }
 }
 
@@ -84,8 +87,11 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.decorate('resources', new ProtectedResources({
     publicUrl: config.server.publicUrl ?? config.issuer,
     issuer: config.issuer,
-    tools: config.tools
+    tools: config.tools,
+    // DPoP is on when some client may use it (CONTRACT §12).
+    dpopAlgorithms: config.clients.some(c => c.dpop !== undefined) ? DPOP_ALGORITHMS : undefined
   }))
+  app.decorate('dpop', new DpopVerifier({ store, clock, leeway: config.tokens.leeway }))
 
   const timers = [
     setInterval(() => {

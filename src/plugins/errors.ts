@@ -6,6 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { TollgateError, bearerChallenge, type ErrorCode } from '../errors.js'
+import { DPOP_ALGORITHMS } from '../tokens/dpop.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -59,7 +60,7 @@ export function sendError (request: FastifyRequest, reply: FastifyReply, err: To
     const code = err.code === 'store_unavailable' ? 'temporarily_unavailable' : err.code
     return reply.type('application/json').send({ error: code, error_description: err.message })
   }
-  const challenge = bearerChallenge(err, status === 401 ? resourceMetadataUrl(request) : undefined)
+  const challenge = bearerChallenge(err, status === 401 ? resourceMetadataUrl(request) : undefined, 'tollgate', DPOP_ALGORITHMS)
   if (challenge !== undefined && reply.getHeader('www-authenticate') === undefined) reply.header('www-authenticate', challenge)
   return reply.type('application/problem+json').send({
     type: `urn:tollgate:problem:${err.code}`,

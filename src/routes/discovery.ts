@@ -3,6 +3,7 @@
 import type { FastifyInstance } from 'fastify'
 import { Type } from 'typebox'
 import { problem, ref } from '../schemas/index.js'
+import { DPOP_ALGORITHMS } from '../tokens/dpop.js'
 import { RESOURCE_METADATA_PATH } from '../tools/resources.js'
 
 export default async function discoveryRoutes (app: FastifyInstance): Promise<void> {
@@ -36,6 +37,7 @@ export default async function discoveryRoutes (app: FastifyInstance): Promise<vo
     introspection_endpoint_auth_methods_supported: app.config.introspection.public ? ['none', 'client_secret_basic', 'client_secret_post'] : ['client_secret_basic', 'client_secret_post'],
     revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     service_documentation: `${base}/docs`,
+    dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
     // RFC 9728 §4: the resources tokens can be requested for (the RFC 8707 `resource` values).
     protected_resources: app.resources.toolResources
   }

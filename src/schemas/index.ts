@@ -38,7 +38,7 @@ export const TokenRequestSchema = Type.Object({
 
 export const TokenResponseSchema = Type.Object({
   access_token: Type.String(),
-  token_type: Type.Literal('Bearer'),
+  token_type: Type.Union([Type.Literal('Bearer'), Type.Literal('DPoP')], { description: '`DPoP` when the request carried a DPoP proof and the token is bound to its key (RFC 9449 §5): present it as `Authorization: DPoP <token>` with a proof' }),
   expires_in: Type.Integer({ description: 'Seconds' }),
   scope: Type.String(),
   refresh_token: Type.Optional(Type.String()),
@@ -91,6 +91,7 @@ export const IntrospectionResponseSchema = Type.Object({
   jti: Type.Optional(Type.String()),
   token_type: Type.Optional(Type.Literal('access_token')),
   act: Type.Optional(Type.Object({ sub: Type.String() }, { additionalProperties: true })),
+  cnf: Type.Optional(Type.Object({ jkt: Type.String() }, { description: 'RFC 9449 §6.2: the DPoP key a bound token is bound to (its JWK SHA-256 thumbprint)' })),
   quota: Type.Optional(Type.Ref('QuotaUsage'))
 }, { $id: 'IntrospectionResponse', description: 'RFC 7662 §2.2' })
 
@@ -128,6 +129,7 @@ export const MetadataSchema = Type.Object({
   introspection_endpoint_auth_methods_supported: Type.Array(Type.String()),
   revocation_endpoint_auth_methods_supported: Type.Array(Type.String()),
   service_documentation: Type.String(),
+  dpop_signing_alg_values_supported: Type.Array(Type.String(), { description: 'RFC 9449 §5.1: the algorithms accepted for DPoP proofs' }),
   protected_resources: Type.Array(Type.String(), { description: 'RFC 9728 §4: the tools\' resource identifiers `<publicUrl>/call/<tool>`, the values `resource` accepts at POST /token (RFC 8707)' })
 }, { $id: 'AuthorizationServerMetadata', description: 'RFC 8414' })
 
