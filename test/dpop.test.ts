@@ -203,6 +203,14 @@ t.test('each refusal at /call answers 401 with a DPoP challenge; each has a posi
   t.equal((await callTool(gw, '/call/chat/x', { authorization: `DPoP ${edToken}`, dpop: await generateProof(eddsa, url, 'GET', undefined, edToken) })).status, 200, 'positive control: an Ed25519 key')
 })
 
+t.test('GET /quota takes a bound token with its proof, and refuses it as Bearer', async t => {
+  const gw = await gateway(t)
+  const b = await bound(gw)
+  t.equal((await callTool(gw, '/quota', { authorization: `DPoP ${b.token}`, dpop: await b.proof(`${ISSUER}/quota`, 'GET') })).status, 200, 'positive control')
+  t.equal((await callTool(gw, '/quota', { authorization: `DPoP ${b.token}`, dpop: await b.proof(`${ISSUER}/validate`, 'GET') })).status, 401, 'a proof for another URI')
+  t.equal((await callTool(gw, '/quota', { authorization: `Bearer ${b.token}` })).status, 401, 'as Bearer')
+})
+
 t.test('GET /validate behind a trusted proxy checks htm/htu against X-Forwarded-*', async t => {
   const app = await build(t, testConfig(t, { clients: CLIENTS, server: { trustProxy: ['127.0.0.1'] }, forwardAuth: { defaultAudience: 'tool:chat' } }))
   const gw: Gateway = { app, base: '', fetch: async (input, init) => {
