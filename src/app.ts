@@ -43,7 +43,7 @@ declare module 'fastify' {
 
 /** Paths that must never reach a log line (RFC 6750 tokens, client secrets, key material). */
 export const REDACT_PATHS = [
-  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
+  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]', 'req.headers.dpop',
   'req.headers["x-api-key"]', 'res.headers["set-cookie"]',
   '*.client_secret', '*.secret', '*.token', '*.access_token', '*.refresh_token', '*.subject_token',
   '*.password', '*.privateKey', '*.privateEnc'

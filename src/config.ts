@@ -48,6 +48,8 @@ const ClientSchema = Type.Object({
   quota: Type.Optional(Type.Object({ limit: Type.Integer({ minimum: 1 }), window: Type.Integer({ minimum: 1 }) }, { additionalProperties: false })),
   refresh: Type.Boolean({ default: false }),
   exchange: Type.Boolean({ default: false }),
+  /** RFC 9449 (CONTRACT §12): optional binds a token when a DPoP proof comes with the request; required refuses a request without one. */
+  dpop: Type.Optional(Type.Union([Type.Literal('optional'), Type.Literal('required')])),
   accessTtl: Type.Optional(PositiveSeconds),
   claims: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.String())]), { default: {} })
 }, { additionalProperties: false })
@@ -102,7 +104,9 @@ export const ConfigSchema = Type.Object({
     bodyLimit: Type.Integer({ minimum: 1024, default: 1048576 }),
     requestTimeout: Type.Number({ minimum: 0, default: 30 }),
     headersTimeout: Type.Number({ minimum: 0, default: 10 }),
-    keepAliveTimeout: Type.Number({ minimum: 0, default: 5 })
+    keepAliveTimeout: Type.Number({ minimum: 0, default: 5 }),
+    /** The gateway's public base URL (CONTRACT §12); a tool's resource URI is `<publicUrl>/call/<tool>`. Default: issuer. */
+    publicUrl: Type.Optional(Type.String({ minLength: 1 }))
   }, { additionalProperties: false, default: {} }),
   issuer: Type.String({ minLength: 1, default: 'http://localhost:8080' }),
   dataDir: Type.String({ minLength: 1, default: './data' }),
@@ -324,6 +328,7 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
   } catch {
     throw new ConfigError('issuer', 'must be an http(s) URL')
   }
+  config.server.publicUrl = baseUrl(config.server.publicUrl ?? config.issuer, config.server.publicUrl === undefined ? 'issuer' : 'server.publicUrl')
   checkTrustProxy(config.server.trustProxy)
   checkTracing(config.tracing)
   if (config.tokens.accessTtl > config.tokens.maxLifetime) {
@@ -409,6 +414,24 @@ function checkTracing (tracing: Config['tracing']): void {
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`tracing.${key}`, 'must be http or https')
     if (url.username !== '' || url.password !== '') throw new ConfigError(`tracing.${key}`, 'must not carry credentials: use OTEL_EXPORTER_OTLP_HEADERS')
   }
+}
+
+/**
+ * A public base URL (server.publicUrl, or the issuer standing in for it): absolute http(s), no
+ * credentials, query or fragment; normalised (lower-case host, no trailing slash), so resource URIs
+ * built from it are compared exactly and can be written into a header as a quoted string.
+ */
+export function baseUrl (value: string, key: string): string {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new ConfigError(key, 'must be an absolute http(s) URL')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(key, 'must be http or https')
+  if (url.username !== '' || url.password !== '') throw new ConfigError(key, 'must not carry credentials')
+  if (url.search !== '' || url.hash !== '' || value.includes('#') || value.includes('?')) throw new ConfigError(key, 'must not carry a query or fragment')
+  return url.origin + url.pathname.replace(/\/+$/, '')
 }
 
 /** A tool's base URL: absolute http(s), no credentials, no query or fragment. */

@@ -14,6 +14,7 @@ export type OAuthErrorCode =
   | 'unsupported_token_type'
   | 'temporarily_unavailable'
   | 'server_error'
+  | 'invalid_dpop_proof'
 
 export type ErrorCode =
   | OAuthErrorCode
@@ -76,6 +77,16 @@ export class MissingToken extends TollgateError {
   }
 }
 
+/**
+ * RFC 9449: a missing or refused DPoP proof. 401 with a `DPoP` challenge where a bound token is
+ * used (§7.1); 400 at the token endpoint (§5), as an OAuth error.
+ */
+export class InvalidDpopProof extends TollgateError {
+  constructor (detail: string, statusCode: 400 | 401 = 401, options?: ErrorOptions) {
+    super('invalid_dpop_proof', statusCode, detail, options)
+  }
+}
+
 export class InsufficientScope extends TollgateError {
   constructor (readonly requiredScope: string, detail = `the token lacks a required scope: ${requiredScope}`) {
     super('insufficient_scope', 403, detail)
@@ -125,14 +136,22 @@ export class StoreUnavailable extends TollgateError {
   }
 }
 
-/** Whether a bearer-token challenge should carry error="..." (RFC 6750 §3). */
-export function bearerChallenge (err: TollgateError, realm = 'tollgate'): string | undefined {
-  if (err instanceof MissingToken) return `Bearer realm="${realm}"`
+/**
+ * The RFC 6750 §3 challenge for a refusal, if it takes one (with error="..." once a token was
+ * presented). `resourceMetadata` (RFC 9728 §5.1) is added to 401 challenges only.
+ */
+export function bearerChallenge (err: TollgateError, resourceMetadata?: string, realm = 'tollgate', dpopAlgorithms?: readonly string[]): string | undefined {
+  const metadata = resourceMetadata !== undefined && err.statusCode === 401 ? `, resource_metadata=${quotedString(resourceMetadata)}` : ''
+  if (err instanceof InvalidDpopProof && err.statusCode === 401) {
+    const algs = dpopAlgorithms !== undefined ? `, algs="${quote(dpopAlgorithms.join(' '))}"` : ''
+    return `DPoP error="invalid_dpop_proof", error_description="${quote(err.message)}"${algs}${metadata}`
+  }
+  if (err instanceof MissingToken) return `Bearer realm="${realm}"${metadata}`
   if (err instanceof InsufficientScope) {
     return `Bearer realm="${realm}", error="insufficient_scope", error_description="${quote(err.message)}", scope="${quote(err.requiredScope)}"`
   }
   if (err.statusCode === 401) {
-    return `Bearer realm="${realm}", error="invalid_token", error_description="${quote(err.message)}"`
+    return `Bearer realm="${realm}", error="invalid_token", error_description="${quote(err.message)}"${metadata}`
   }
   return undefined
 }
@@ -140,4 +159,13 @@ export function bearerChallenge (err: TollgateError, realm = 'tollgate'): string
 // RFC 6750 §3: attribute values are quoted-strings; keep them to printable ASCII without quotes.
 function quote (value: string): string {
   return value.replace(/[^\x20-\x7e]|["\\]/g, '')
+}
+
+/**
+ * RFC 9110 §5.6.4 quoted-string for a value that must arrive unchanged (a URL): `"` and `\` are
+ * escaped; anything outside printable ASCII is percent-encoded, so no header can be split or forged.
+ */
+export function quotedString (value: string): string {
+  const safe = value.replace(/[^\x20-\x7e]/gu, c => [...Buffer.from(c, 'utf8')].map(b => '%' + b.toString(16).toUpperCase().padStart(2, '0')).join(''))
+  return `"${safe.replace(/["\\]/g, c => '\\' + c)}"`
 }

@@ -136,7 +136,7 @@ t.test('checks run in the contract\'s order', async t => {
 
   const noToken = await app.inject(post(undefined, { tool: 'nope' }))
   t.equal(noToken.statusCode, 401, 'token first, even for an unknown tool')
-  t.equal(noToken.headers['www-authenticate'], 'Bearer realm="tollgate"')
+  t.equal(noToken.headers['www-authenticate'], 'Bearer realm="tollgate", resource_metadata="https://tollgate.test/.well-known/oauth-protected-resource"', 'POST /call: the tool is not known before the token is')
   t.equal(noToken.headers['content-type'], 'application/problem+json; charset=utf-8')
   t.equal(noToken.json().code, 'invalid_token')
 

@@ -20,7 +20,7 @@ t.test('durations', async t => {
 
 t.test('defaults follow the contract', async t => {
   const c = loadConfig({ raw: {}, env })
-  t.same(c.server, { host: '0.0.0.0', port: 8080, trustProxy: false, bodyLimit: 1048576, requestTimeout: 30, headersTimeout: 10, keepAliveTimeout: 5 })
+  t.same(c.server, { host: '0.0.0.0', port: 8080, trustProxy: false, bodyLimit: 1048576, requestTimeout: 30, headersTimeout: 10, keepAliveTimeout: 5, publicUrl: 'http://localhost:8080' })
   t.same(c.tokens, { accessTtl: 300, refreshTtl: 86400, refreshIdleTtl: 86400, leeway: 30, maxLifetime: 86400 })
   t.match(c.keys, { algorithm: 'ES256', rotateAfter: 90 * 86400, jwksMaxAge: 300 })
   t.same(c.rateLimits, { token: { max: 30, window: 60 }, perIp: { max: 600, window: 60 }, perSubject: { max: 300, window: 60 }, failedAuthPerClient: { max: 20, window: 300 }, failedAuthPerIp: { max: 20, window: 300 }, concurrentSecretChecks: 3, ipv6Prefix: 64, onStoreError: 'fail-closed' })

@@ -35,7 +35,9 @@ t.test('GET /.well-known/oauth-authorization-server (RFC 8414)', async t => {
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-    service_documentation: 'https://tollgate.test/docs'
+    service_documentation: 'https://tollgate.test/docs',
+    dpop_signing_alg_values_supported: ['ES256', 'EdDSA', 'Ed25519'],
+    protected_resources: []
   })
 })
 

@@ -122,7 +122,7 @@ http {
     const before = upstream.seen.length
     const res = await get(nginxPort, '/orders')
     t.equal(res.status, 401)
-    t.same(headerValues(res, 'www-authenticate'), ['Bearer realm="tollgate"'])
+    t.match(headerValues(res, 'www-authenticate'), [/^Bearer realm="tollgate", resource_metadata="[^"]+\/\.well-known\/oauth-protected-resource"$/])
     t.equal(res.headers['content-type'], 'application/problem+json')
     t.equal(JSON.parse(res.body).status, 401)
     t.equal(upstream.seen.length, before)
@@ -138,7 +138,7 @@ http {
     t.equal(res.status, 401)
     const challenges = headerValues(res, 'www-authenticate')
     t.equal(challenges.length, 1, 'exactly one challenge')
-    t.match(challenges[0], /^Bearer realm="tollgate", error="invalid_token", error_description="[^"]+"$/)
+    t.match(challenges[0], /^Bearer realm="tollgate", error="invalid_token", error_description="[^"]+", resource_metadata="[^"]+"$/)
     t.equal(upstream.seen.length, before)
   })
 

@@ -83,17 +83,17 @@ t.test('GET /validate: 401 and 403 with RFC 6750 challenges', async t => {
 
   const none = await app.inject({ method: 'GET', url: '/validate' })
   t.equal(none.statusCode, 401)
-  t.equal(none.headers['www-authenticate'], 'Bearer realm="tollgate"')
+  t.equal(none.headers['www-authenticate'], 'Bearer realm="tollgate", resource_metadata="https://tollgate.test/.well-known/oauth-protected-resource"', 'RFC 9728 §5.1: the gateway\'s metadata URL')
   t.match(none.headers['content-type'], /^application\/problem\+json/)
   t.match(none.json(), { status: 401, code: 'invalid_token', type: String, title: 'Unauthorized', detail: String })
 
   const query = await app.inject({ method: 'GET', url: `/validate?access_token=${tok.access_token}` })
   t.equal(query.statusCode, 401, 'a token in the query string is never read')
-  t.equal(query.headers['www-authenticate'], 'Bearer realm="tollgate"')
+  t.equal(query.headers['www-authenticate'], 'Bearer realm="tollgate", resource_metadata="https://tollgate.test/.well-known/oauth-protected-resource"')
 
   const bad = await app.inject({ method: 'GET', url: '/validate', headers: bearer('a.b.c') })
   t.equal(bad.statusCode, 401)
-  t.match(bad.headers['www-authenticate'], /^Bearer realm="tollgate", error="invalid_token", error_description="[^"]+"$/)
+  t.match(bad.headers['www-authenticate'], /^Bearer realm="tollgate", error="invalid_token", error_description="[^"]+", resource_metadata="https:\/\/tollgate\.test\/\.well-known\/oauth-protected-resource"$/)
 
   const aud = await app.inject({ method: 'GET', url: '/validate?audience=tool:other', headers: bearer(tok.access_token) })
   t.equal(aud.statusCode, 401)

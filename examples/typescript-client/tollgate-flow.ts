@@ -19,10 +19,16 @@ export interface FlowOptions {
   audience: string
 }
 
-/** The OAuth endpoints take the RFC 6749 form; openapi-fetch sends JSON unless told otherwise. */
-export function formBody (body: Record<string, string | undefined>): string {
+/**
+ * The OAuth endpoints take the RFC 6749 form; openapi-fetch sends JSON unless told otherwise. An
+ * array (RFC 8707 `resource`) becomes repeated fields.
+ */
+export function formBody (body: Record<string, string | string[] | undefined>): string {
   const form = new URLSearchParams()
-  for (const [name, value] of Object.entries(body)) if (value !== undefined) form.set(name, value)
+  for (const [name, value] of Object.entries(body)) {
+    if (Array.isArray(value)) for (const v of value) form.append(name, v)
+    else if (value !== undefined) form.set(name, value)
+  }
   return form.toString()
 }
 

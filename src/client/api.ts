@@ -15,7 +15,7 @@ export interface paths {
         put?: never;
         /**
          * Issue an access token
-         * @description client_credentials (RFC 6749 §4.4), refresh_token (§6) and token exchange (RFC 8693). Client authentication: HTTP Basic or client_id + client_secret in the body.
+         * @description client_credentials (RFC 6749 §4.4), refresh_token (§6) and token exchange (RFC 8693). Client authentication: HTTP Basic or client_id + client_secret in the body. `resource` (RFC 8707, repeatable) names tools by their resource URI. A client configured with `dpop` may send a `DPoP` proof header (RFC 9449) for POST `<issuer>/token`: the access token is then bound to the proof's key (`cnf.jkt`, `token_type: DPoP`); a `required` client must, a client without `dpop` may not (400 invalid_dpop_proof).
          */
         post: operations["issueToken"];
         delete?: never;
@@ -73,7 +73,7 @@ export interface paths {
         };
         /**
          * Forward-auth decision
-         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.
+         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only, or, for a DPoP-bound token, `Authorization: DPoP` with a `DPoP` proof (RFC 9449) whose `htm`/`htu` name the original request: behind a trusted proxy, `X-Forwarded-Method` and `X-Forwarded-Proto`/`-Host`/`-Uri`; otherwise GET `<publicUrl>/validate`. A refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.
          */
         get: operations["forwardAuth"];
         put?: never;
@@ -148,6 +148,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/.well-known/oauth-protected-resource": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Protected resource metadata of the gateway (RFC 9728)
+         * @description The gateway as an OAuth protected resource: its resource identifier (`server.publicUrl`), the authorization server that issues its tokens, the scopes its tools use and how to present a token. Cache for at most `max-age`.
+         */
+        get: operations["getResourceMetadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/oauth-protected-resource/call/{tool}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Protected resource metadata of one tool (RFC 9728)
+         * @description The tool as an OAuth protected resource: its resource identifier `<publicUrl>/call/<tool>` (the value of `resource` at POST /token, RFC 8707) and the scopes it requires. Cache for at most `max-age`.
+         */
+        get: operations["getToolResourceMetadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -199,7 +239,7 @@ export interface paths {
         put?: never;
         /**
          * Call a tool
-         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         post: operations["callTool"];
         delete?: never;
@@ -217,33 +257,33 @@ export interface paths {
         };
         /**
          * REST-style pass-through to a tool (GET)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         get: operations["callToolPath"];
         /**
          * REST-style pass-through to a tool (PUT)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         put: operations["callToolPathPut"];
         /**
          * REST-style pass-through to a tool (POST)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         post: operations["callToolPathPost"];
         /**
          * REST-style pass-through to a tool (DELETE)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         delete: operations["callToolPathDelete"];
         /**
          * REST-style pass-through to a tool (OPTIONS)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         options: operations["callToolPathOptions"];
         head?: never;
         /**
          * REST-style pass-through to a tool (PATCH)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
          */
         patch: operations["callToolPathPatch"];
         trace?: never;
@@ -314,13 +354,13 @@ export interface components {
             subject_token_type?: string;
             /** @description token exchange (RFC 8693) */
             requested_token_type?: string;
-            /** @description not supported: use audience */
-            resource?: string;
+            /** @description RFC 8707 resource indicator, repeatable: a tool's resource URI `<publicUrl>/call/<tool>` (listed in `protected_resources` of the server metadata). The token's audience is those tools' audiences (together with any `audience`); an unknown resource, or one whose audience the client may not have, is `invalid_target`. */
+            resource?: string | string[];
         };
         TokenResponse: {
             access_token: string;
-            /** @enum {string} */
-            token_type: "Bearer";
+            /** @description `DPoP` when the request carried a DPoP proof and the token is bound to its key (RFC 9449 §5): present it as `Authorization: DPoP <token>` with a proof */
+            token_type: "Bearer" | "DPoP";
             /** @description Seconds */
             expires_in: number;
             scope: string;
@@ -335,6 +375,8 @@ export interface components {
             scope?: string;
             /** @description Space-separated; may narrow, never widen */
             audience?: string;
+            /** @description RFC 8707 resource indicator, repeatable: a tool's resource URI `<publicUrl>/call/<tool>` (listed in `protected_resources` of the server metadata). The token's audience is those tools' audiences (together with any `audience`); an unknown resource, or one whose audience the client may not have, is `invalid_target`. */
+            resource?: string | string[];
             client_id?: string;
             client_secret?: string;
         };
@@ -381,6 +423,10 @@ export interface components {
             } & {
                 [key: string]: unknown;
             };
+            /** @description RFC 9449 §6.2: the DPoP key a bound token is bound to (its JWK SHA-256 thumbprint) */
+            cnf?: {
+                jkt: string;
+            };
             quota?: components["schemas"]["QuotaUsage"];
         };
         /** @description RFC 7517 JWK Set */
@@ -417,6 +463,22 @@ export interface components {
             introspection_endpoint_auth_methods_supported: string[];
             revocation_endpoint_auth_methods_supported: string[];
             service_documentation: string;
+            /** @description RFC 9449 §5.1: the algorithms accepted for DPoP proofs */
+            dpop_signing_alg_values_supported: string[];
+            /** @description RFC 9728 §4: the tools' resource identifiers `<publicUrl>/call/<tool>`, the values `resource` accepts at POST /token (RFC 8707) */
+            protected_resources: string[];
+        };
+        /** @description RFC 9728 §2 */
+        ProtectedResourceMetadata: {
+            /** @description The resource identifier: `server.publicUrl`, or `<publicUrl>/call/<tool>` for a tool */
+            resource: string;
+            /** @description The issuer, whose RFC 8414 metadata names the token endpoint */
+            authorization_servers: string[];
+            scopes_supported: string[];
+            /** @description `header` only: a token is never read from the query or the body */
+            bearer_methods_supported: string[];
+            /** @description RFC 9449: present when DPoP is on */
+            dpop_signing_alg_values_supported?: string[];
         };
     };
     responses: never;
@@ -724,7 +786,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the required audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -735,7 +797,7 @@ export interface operations {
             /** @description The token lacks a required scope (insufficient_scope), or the caller is rate-limited (rate_limited, with Retry-After) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: string;
@@ -903,6 +965,58 @@ export interface operations {
             };
         };
     };
+    getResourceMetadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description RFC 9728 §2 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+        };
+    };
+    getToolResourceMetadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The configured tool name */
+                tool: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description RFC 9728 §2 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProtectedResourceMetadata"];
+                };
+            };
+            /** @description No such tool (tool_not_found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     getHealth: {
         parameters: {
             query?: never;
@@ -999,7 +1113,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1010,7 +1124,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1136,7 +1250,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1147,7 +1261,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1278,7 +1392,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1289,7 +1403,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1420,7 +1534,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1431,7 +1545,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1557,7 +1671,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1568,7 +1682,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1694,7 +1808,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1705,7 +1819,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1836,7 +1950,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1847,7 +1961,7 @@ export interface operations {
             /** @description The token lacks a scope the tool requires (insufficient_scope) */
             403: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
@@ -1971,7 +2085,7 @@ export interface operations {
             /** @description No token, or an invalid, expired or revoked one */
             401: {
                 headers: {
-                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented */
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };

@@ -120,9 +120,13 @@ function pathSerializer (pathname: string, params: Record<string, unknown>): str
   return defaultPathSerializer(expanded, rest)
 }
 
-function formBody (body: Record<string, string | undefined>): string {
+/** A form body; an array value (RFC 8707 `resource`) becomes repeated fields. */
+function formBody (body: Record<string, string | string[] | undefined>): string {
   const form = new URLSearchParams()
-  for (const [name, value] of Object.entries(body)) if (value !== undefined) form.set(name, value)
+  for (const [name, value] of Object.entries(body)) {
+    if (Array.isArray(value)) for (const v of value) form.append(name, v)
+    else if (value !== undefined) form.set(name, value)
+  }
   return form.toString()
 }
 

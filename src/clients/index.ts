@@ -15,6 +15,8 @@ export interface Client {
   quota?: QuotaClaim
   refresh: boolean
   exchange: boolean
+  /** RFC 9449: may (optional) or must (required) bind its access tokens to a DPoP key. */
+  dpop?: 'optional' | 'required'
   /** Seconds; falls back to tokens.accessTtl. */
   accessTtl?: number
   claims: Record<string, unknown>
@@ -155,6 +157,7 @@ export class ClientRegistry {
       }
       if (c.quota !== undefined) client.quota = { limit: c.quota.limit, window: c.quota.window }
       if (c.accessTtl !== undefined) client.accessTtl = c.accessTtl
+      if (c.dpop !== undefined) client.dpop = c.dpop
       this.#clients.set(c.id, { client, secret })
     })
     const params = dummyParams([...this.#clients.values()].map(e => e.secret.params))

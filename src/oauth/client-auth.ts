@@ -74,16 +74,32 @@ export function spaceList (value: unknown): string[] | undefined {
   return [...new Set(value.split(' ').filter(Boolean))]
 }
 
+/** Parameters that may be given more than once: RFC 8707 §2 `resource`. */
+const REPEATABLE = new Set(['resource'])
+
 /**
  * preValidation for OAuth bodies: a repeated parameter (form) or a non-string value (JSON) is
- * invalid_request (RFC 6749 §3.1), before the schema sees it.
+ * invalid_request (RFC 6749 §3.1), before the schema sees it. `resource` (RFC 8707 §2) may repeat:
+ * a form gives it as several fields, JSON as an array of strings.
  */
 export async function rejectRepeatedParameters (request: FastifyRequest): Promise<void> {
   const body = request.body
   if (body === undefined || body === null) return
   if (typeof body !== 'object' || Array.isArray(body)) throw new OAuthError('invalid_request', 'the body must be a form or a JSON object')
   for (const [name, value] of Object.entries(body)) {
-    if (Array.isArray(value)) throw new OAuthError('invalid_request', `parameter ${name} is repeated`)
+    if (Array.isArray(value)) {
+      if (!REPEATABLE.has(name)) throw new OAuthError('invalid_request', `parameter ${name} is repeated`)
+      if (!value.every(v => typeof v === 'string')) throw new OAuthError('invalid_request', `parameter ${name} must be strings`)
+      continue
+    }
     if (value !== null && typeof value === 'object') throw new OAuthError('invalid_request', `parameter ${name} must be a string`)
   }
+}
+
+/** Every value of a repeatable parameter (RFC 8707 `resource`), or undefined when it is absent. */
+export function repeated (value: unknown): string[] | undefined {
+  if (value === undefined) return undefined
+  const values = Array.isArray(value) ? value : [value]
+  if (!values.every((v): v is string => typeof v === 'string')) throw new OAuthError('invalid_request', 'resource must be a string or strings')
+  return values
 }

@@ -26,6 +26,8 @@ export interface ExchangeRequest {
   requestedTokenType?: string | undefined
   scopes?: string[] | undefined
   audiences?: string[] | undefined
+  /** RFC 9449: bind the issued token to this DPoP key. */
+  jkt?: string | undefined
 }
 
 export interface Exchanged {
@@ -90,7 +92,8 @@ export class TokenExchange {
       act,
       // Derived from a Tollgate family: revoking that family denies this token too.
       ...(subject.fid !== undefined ? { fid: subject.fid } : {}),
-      ...(quota !== undefined ? { quota } : {})
+      ...(quota !== undefined ? { quota } : {}),
+      ...(req.jkt !== undefined ? { jkt: req.jkt } : {})
     })
     return { issued, ttl, subjectIssuer: subject.issuer, subjectKind: subject.kind }
   }
@@ -116,6 +119,8 @@ export class TokenExchange {
         throw err
       }
       const c = p.claims
+      // A bound token is usable only with its key: exchanging it would launder it into one without.
+      if (c.cnf !== undefined) throw new OAuthError('invalid_request', 'subject_token is not acceptable: it is DPoP-bound')
       return {
         sub: p.sub,
         scopes: [...p.scopes],

@@ -14,7 +14,7 @@ export const REFRESH_PREFIX = 'tgr_'
 const REFRESH_FORMAT = /^tgr_[A-Za-z0-9_-]{43}$/
 
 /** Claims the family does not carry over: Tollgate sets them on every access token it mints. */
-const MINTED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'fid'])
+const MINTED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'fid', 'cnf'])
 
 export type AuditSink = (event: 'refresh.rotated' | 'refresh.reuse_detected' | 'token.revoked', fields: Record<string, unknown>) => void
 
@@ -35,6 +35,8 @@ export interface RefreshTokensOptions {
 export interface RotateRequest {
   scopes?: string[] | undefined
   audiences?: string[] | undefined
+  /** RFC 9449: bind the new access token to this DPoP key (the refresh token itself stays unbound: confidential clients). */
+  jkt?: string | undefined
 }
 
 export interface Rotated {
@@ -146,7 +148,8 @@ export class RefreshTokens {
       fid: family.id,
       claims: client.claims,
       ...(quota !== undefined ? { quota } : {}),
-      ...(act !== undefined ? { act } : {})
+      ...(act !== undefined ? { act } : {}),
+      ...(req.jkt !== undefined ? { jkt: req.jkt } : {})
     })
     audit('refresh.rotated', { client_id: client.id, family_id: family.id, sub: family.sub, jti: issued.claims.jti })
     return { issued, ttl, refreshToken: next, family }

@@ -2,7 +2,7 @@
 // proxy → settle, one Fastify-free function per stage over one RequestContext. The routes
 // (routes/call.ts, routes/validate.ts) and the WebSocket upgrade call these and nothing else.
 export { createContext, principalOf, type RequestContext } from './context.js'
-export { authenticate, bearerToken, type Verifier } from './authenticate.js'
+export { authenticate, bearerToken, type DpopRequest, type ProofVerifier, type Verifier } from './authenticate.js'
 export { authorize, authorizeTool, requireAudience, requireScopes } from './authorize.js'
 export { limit, type Limiters } from './limit.js'
 export { meter } from './meter.js'

@@ -10,6 +10,8 @@ import { FailedClientAuth } from '../oauth/failed-auth.js'
 import { Quotas } from '../quota/index.js'
 import { openStore, type Store } from '../store/index.js'
 import { Tokens } from '../tokens/index.js'
+import { ProtectedResources } from '../tools/resources.js'
+import { DPOP_ALGORITHMS, DpopVerifier } from '../tokens/dpop.js'
 
 export interface CoreOptions {
   config: Config
@@ -33,6 +35,10 @@ declare module 'fastify' {
     /** Failed client authentications per client id and per address (src/oauth/failed-auth.ts). */
     failedClientAuth: FailedClientAuth
     quotas: Quotas
+    /** The gateway and its tools as protected resources (RFC 9728, RFC 8707). */
+    resources: ProtectedResources
+    /** RFC 9449 proof verification, with its jti replay cache in the store. */
+    dpop: DpopVerifier
   }
 }
 
@@ -78,6 +84,14 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.decorate('clients', new ClientRegistry(config.clients, clock, { concurrentSecretChecks: config.rateLimits.concurrentSecretChecks }))
   app.decorate('failedClientAuth', new FailedClientAuth(store, clock, config.rateLimits))
   app.decorate('quotas', new Quotas(store, clock))
+  app.decorate('resources', new ProtectedResources({
+    publicUrl: config.server.publicUrl ?? config.issuer,
+    issuer: config.issuer,
+    tools: config.tools,
+    // DPoP is on when some client may use it (CONTRACT §12).
+    dpopAlgorithms: config.clients.some(c => c.dpop !== undefined) ? DPOP_ALGORITHMS : undefined
+  }))
+  app.decorate('dpop', new DpopVerifier({ store, clock, leeway: config.tokens.leeway }))
 
   const timers = [
     setInterval(() => {

@@ -6,6 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { TollgateError, bearerChallenge, type ErrorCode } from '../errors.js'
+import { DPOP_ALGORITHMS } from '../tokens/dpop.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -13,6 +14,11 @@ declare module 'fastify' {
     oauth?: boolean
     /** Forward-auth route: a proxy understands only 2xx, 401 and 403. */
     forwardAuth?: boolean
+    /**
+     * The protected resource a 401 names in its challenge (RFC 9728 §5.1): the gateway, or the
+     * tool of the request (`:tool`, or the tool authorize found), falling back to the gateway.
+     */
+    protectedResource?: 'gateway' | 'tool'
   }
 }
 
@@ -54,7 +60,7 @@ export function sendError (request: FastifyRequest, reply: FastifyReply, err: To
     const code = err.code === 'store_unavailable' ? 'temporarily_unavailable' : err.code
     return reply.type('application/json').send({ error: code, error_description: err.message })
   }
-  const challenge = bearerChallenge(err)
+  const challenge = bearerChallenge(err, status === 401 ? resourceMetadataUrl(request) : undefined, 'tollgate', DPOP_ALGORITHMS)
   if (challenge !== undefined && reply.getHeader('www-authenticate') === undefined) reply.header('www-authenticate', challenge)
   return reply.type('application/problem+json').send({
     type: `urn:tollgate:problem:${err.code}`,
@@ -63,6 +69,14 @@ export function sendError (request: FastifyRequest, reply: FastifyReply, err: To
     detail: err.message,
     code: err.code
   })
+}
+
+function resourceMetadataUrl (request: FastifyRequest): string | undefined {
+  const which = request.routeOptions.config?.protectedResource
+  const resources = request.server.resources
+  if (which === undefined || resources === undefined) return undefined
+  if (which === 'gateway') return resources.metadataUrl
+  return resources.metadataUrlFor(request.ctx?.tool?.name ?? (request.params as { tool?: unknown } | undefined)?.tool)
 }
 
 export default fp(async function errors (app) {

@@ -13,8 +13,9 @@ const HOP_BY_HOP = new Set([
 // §10.1.1); undici refuses to send the field at all, which would turn any request carrying it into a 502.
 const CALLER_ONLY = new Set(['expect'])
 
-// The caller's credentials never reach a tool; Tollgate sets its own.
-const CREDENTIALS = new Set(['authorization', 'cookie'])
+// The caller's credentials never reach a tool; Tollgate sets its own. A DPoP proof (RFC 9449) is
+// one too: it was made for Tollgate's URI and is spent here.
+const CREDENTIALS = new Set(['authorization', 'cookie', 'dpop'])
 
 // Set by Tollgate itself below; the caller's values are dropped (or, for a trusted proxy, the
 // X-Forwarded-For chain is extended).

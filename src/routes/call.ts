@@ -47,7 +47,7 @@ const errorResponses = {
 /** The tool's own answer: any status, media type and body, streamed back unchanged. */
 const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: headers.quota })
 
-const CALL_HEADERS_DOC = 'Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
+const CALL_HEADERS_DOC = 'A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
 
 const PassThroughParamsDoc = Type.Object({
   tool: Type.String({ description: 'The configured tool name' }),
@@ -92,11 +92,16 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const authenticateCall = (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void => {
     const ctx = request.ctx
     ctx.trace?.enter('authenticate')
+    let result
     try {
       const authorization = request.headers.authorization
-      authenticate(tokens, ctx, authorization, authorization === undefined ? subprotocolToken(request) : undefined)
+      result = authenticate(tokens, ctx, authorization, authorization === undefined ? subprotocolToken(request) : undefined, app.dpopRequest(request))
     } catch (err) {
       done(err as Error)
+      return
+    }
+    if (result instanceof Promise) {
+      result.then(() => { ctx.trace?.leave(); done() }, done)
       return
     }
     ctx.trace?.leave()
@@ -225,6 +230,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         body: CallRequestSchema,
         response: { 200: toolAnswer, ...errorResponses }
       },
+      config: { protectedResource: 'tool' },
       onRequest: authenticateCall,
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
@@ -301,7 +307,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         ...options,
         method,
         url: '/call/:tool/*',
-        config: { swaggerTransform: documentPassThrough },
+        config: { swaggerTransform: documentPassThrough, protectedResource: 'tool' },
         schema: {
           operationId: method === 'GET' ? 'callToolPath' : `callToolPath${method[0]}${method.slice(1).toLowerCase()}`,
           tags: ['tools'],

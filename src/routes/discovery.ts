@@ -1,7 +1,10 @@
-// Public discovery documents: the JWKS (RFC 7517) under two paths and the authorization server
-// metadata (RFC 8414).
+// Public discovery documents: the JWKS (RFC 7517) under two paths, the authorization server
+// metadata (RFC 8414) and the protected resource metadata (RFC 9728) of the gateway and of each tool.
 import type { FastifyInstance } from 'fastify'
-import { ref } from '../schemas/index.js'
+import { Type } from 'typebox'
+import { problem, ref } from '../schemas/index.js'
+import { DPOP_ALGORITHMS } from '../tokens/dpop.js'
+import { RESOURCE_METADATA_PATH } from '../tools/resources.js'
 
 export default async function discoveryRoutes (app: FastifyInstance): Promise<void> {
   const maxAge = app.config.keys.jwksMaxAge
@@ -33,7 +36,10 @@ export default async function discoveryRoutes (app: FastifyInstance): Promise<vo
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
     introspection_endpoint_auth_methods_supported: app.config.introspection.public ? ['none', 'client_secret_basic', 'client_secret_post'] : ['client_secret_basic', 'client_secret_post'],
     revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-    service_documentation: `${base}/docs`
+    service_documentation: `${base}/docs`,
+    dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
+    // RFC 9728 §4: the resources tokens can be requested for (the RFC 8707 `resource` values).
+    protected_resources: app.resources.toolResources
   }
   app.get('/.well-known/oauth-authorization-server', {
     schema: {
@@ -48,4 +54,42 @@ export default async function discoveryRoutes (app: FastifyInstance): Promise<vo
     reply.header('cache-control', `public, max-age=${maxAge}`)
     return metadata
   })
+
+  // RFC 9728 §3: served under the bare well-known path and, when server.publicUrl has a path,
+  // also under that path (where RFC 9728 §3.1 puts it: a proxy routes it here unchanged).
+  const { resources } = app
+  for (const [i, prefix] of resources.routePrefixes.entries()) {
+    const suffix = i === 0 ? '' : 'UnderPublicPath'
+    const hide = i > 0
+    app.get(RESOURCE_METADATA_PATH + prefix, {
+      schema: {
+        operationId: `getResourceMetadata${suffix}`,
+        ...(hide ? { hide: true } : {}),
+        tags: ['keys'],
+        summary: 'Protected resource metadata of the gateway (RFC 9728)',
+        description: 'The gateway as an OAuth protected resource: its resource identifier (`server.publicUrl`), the authorization server that issues its tokens, the scopes its tools use and how to present a token. Cache for at most `max-age`.',
+        security: [],
+        response: { 200: ref('ProtectedResourceMetadata') }
+      }
+    }, async (_request, reply) => {
+      reply.header('cache-control', `public, max-age=${maxAge}`)
+      return resources.metadata
+    })
+    app.get(`${RESOURCE_METADATA_PATH}${prefix}/call/:tool`, {
+      schema: {
+        operationId: `getToolResourceMetadata${suffix}`,
+        ...(hide ? { hide: true } : {}),
+        tags: ['keys'],
+        summary: 'Protected resource metadata of one tool (RFC 9728)',
+        description: 'The tool as an OAuth protected resource: its resource identifier `<publicUrl>/call/<tool>` (the value of `resource` at POST /token, RFC 8707) and the scopes it requires. Cache for at most `max-age`.',
+        security: [],
+        params: Type.Object({ tool: Type.String({ description: 'The configured tool name' }) }),
+        response: { 200: ref('ProtectedResourceMetadata'), 404: problem('No such tool (tool_not_found)') }
+      }
+    }, async (request, reply) => {
+      const metadata = resources.toolMetadata((request.params as { tool: string }).tool)
+      reply.header('cache-control', `public, max-age=${maxAge}`)
+      return metadata
+    })
+  }
 }

@@ -3,7 +3,7 @@
 import type { FastifyInstance } from 'fastify'
 import { authenticateClient, rejectRepeatedParameters } from '../oauth/client-auth.js'
 import { headers, oauthErrors, ref, response } from '../schemas/index.js'
-import { TOKEN_BODY_LIMIT, refreshGrant, sendTokenResponse } from './token.js'
+import { TOKEN_BODY_LIMIT, dpopBinding, refreshGrant, sendTokenResponse } from './token.js'
 
 export default async function refreshRoutes (app: FastifyInstance): Promise<void> {
   app.post('/refresh', {
@@ -23,7 +23,8 @@ export default async function refreshRoutes (app: FastifyInstance): Promise<void
     }
   }, async (request, reply) => {
     const client = await authenticateClient(request, app.clients)
-    const result = await refreshGrant(app, request, client, request.body as Record<string, string | undefined>)
+    const jkt = await dpopBinding(app, request, client, '/refresh')
+    const result = await refreshGrant(app, request, client, request.body as Record<string, string | undefined>, jkt)
     return sendTokenResponse(app, request, reply, client, 'refresh_token', result)
   })
 }

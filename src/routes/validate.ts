@@ -74,6 +74,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
       token_type: 'access_token'
     }
     if (c.act !== undefined) answer.act = c.act
+    if (c.cnf !== undefined) answer.cnf = c.cnf
     if (c.quota !== undefined) {
       const usage = await app.quotas.usage(c.sub, c.quota).catch((err: unknown) => {
         throw new OAuthError('temporarily_unavailable', 'the state store is unavailable', 503, { cause: err })
@@ -84,12 +85,12 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
   })
 
   app.get('/validate', {
-    config: { forwardAuth: true },
+    config: { forwardAuth: true, protectedResource: 'gateway' },
     schema: {
       operationId: 'forwardAuth',
       tags: ['validation'],
       summary: 'Forward-auth decision',
-      description: 'For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.',
+      description: 'For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only, or, for a DPoP-bound token, `Authorization: DPoP` with a `DPoP` proof (RFC 9449) whose `htm`/`htu` name the original request: behind a trusted proxy, `X-Forwarded-Method` and `X-Forwarded-Proto`/`-Host`/`-Uri`; otherwise GET `<publicUrl>/validate`. A refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.',
       security: [{ bearerAuth: [] }],
       querystring: Type.Object({
         audience: Type.Optional(Type.String({ description: 'The token must carry this audience' })),

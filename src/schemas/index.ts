@@ -18,6 +18,11 @@ export const ProblemSchema = Type.Object({
 
 const stringParam = (description: string): TSchema => Type.String({ description })
 
+// RFC 8707 §2: repeatable; in a form as repeated fields, in JSON as a string or an array.
+const resourceParam = Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
+  description: 'RFC 8707 resource indicator, repeatable: a tool\'s resource URI `<publicUrl>/call/<tool>` (listed in `protected_resources` of the server metadata). The token\'s audience is those tools\' audiences (together with any `audience`); an unknown resource, or one whose audience the client may not have, is `invalid_target`.'
+})
+
 export const TokenRequestSchema = Type.Object({
   grant_type: Type.String({ description: 'client_credentials, refresh_token or urn:ietf:params:oauth:grant-type:token-exchange' }),
   scope: Type.Optional(stringParam('Space-separated scopes; default: all the client may have')),
@@ -28,12 +33,12 @@ export const TokenRequestSchema = Type.Object({
   subject_token: Type.Optional(stringParam('token exchange (RFC 8693)')),
   subject_token_type: Type.Optional(stringParam('token exchange (RFC 8693)')),
   requested_token_type: Type.Optional(stringParam('token exchange (RFC 8693)')),
-  resource: Type.Optional(stringParam('not supported: use audience'))
+  resource: Type.Optional(resourceParam)
 }, { $id: 'TokenRequest', additionalProperties: false })
 
 export const TokenResponseSchema = Type.Object({
   access_token: Type.String(),
-  token_type: Type.Literal('Bearer'),
+  token_type: Type.Union([Type.Literal('Bearer'), Type.Literal('DPoP')], { description: '`DPoP` when the request carried a DPoP proof and the token is bound to its key (RFC 9449 §5): present it as `Authorization: DPoP <token>` with a proof' }),
   expires_in: Type.Integer({ description: 'Seconds' }),
   scope: Type.String(),
   refresh_token: Type.Optional(Type.String()),
@@ -45,6 +50,7 @@ export const RefreshRequestSchema = Type.Object({
   refresh_token: Type.String(),
   scope: Type.Optional(stringParam('Space-separated; may narrow, never widen')),
   audience: Type.Optional(stringParam('Space-separated; may narrow, never widen')),
+  resource: Type.Optional(resourceParam),
   client_id: Type.Optional(Type.String()),
   client_secret: Type.Optional(Type.String())
 }, { $id: 'RefreshRequest', additionalProperties: false })
@@ -85,6 +91,7 @@ export const IntrospectionResponseSchema = Type.Object({
   jti: Type.Optional(Type.String()),
   token_type: Type.Optional(Type.Literal('access_token')),
   act: Type.Optional(Type.Object({ sub: Type.String() }, { additionalProperties: true })),
+  cnf: Type.Optional(Type.Object({ jkt: Type.String() }, { description: 'RFC 9449 §6.2: the DPoP key a bound token is bound to (its JWK SHA-256 thumbprint)' })),
   quota: Type.Optional(Type.Ref('QuotaUsage'))
 }, { $id: 'IntrospectionResponse', description: 'RFC 7662 §2.2' })
 
@@ -121,13 +128,23 @@ export const MetadataSchema = Type.Object({
   token_endpoint_auth_methods_supported: Type.Array(Type.String()),
   introspection_endpoint_auth_methods_supported: Type.Array(Type.String()),
   revocation_endpoint_auth_methods_supported: Type.Array(Type.String()),
-  service_documentation: Type.String()
+  service_documentation: Type.String(),
+  dpop_signing_alg_values_supported: Type.Array(Type.String(), { description: 'RFC 9449 §5.1: the algorithms accepted for DPoP proofs' }),
+  protected_resources: Type.Array(Type.String(), { description: 'RFC 9728 §4: the tools\' resource identifiers `<publicUrl>/call/<tool>`, the values `resource` accepts at POST /token (RFC 8707)' })
 }, { $id: 'AuthorizationServerMetadata', description: 'RFC 8414' })
+
+export const ProtectedResourceMetadataSchema = Type.Object({
+  resource: Type.String({ description: 'The resource identifier: `server.publicUrl`, or `<publicUrl>/call/<tool>` for a tool' }),
+  authorization_servers: Type.Array(Type.String(), { description: 'The issuer, whose RFC 8414 metadata names the token endpoint' }),
+  scopes_supported: Type.Array(Type.String()),
+  bearer_methods_supported: Type.Array(Type.String(), { description: '`header` only: a token is never read from the query or the body' }),
+  dpop_signing_alg_values_supported: Type.Optional(Type.Array(Type.String(), { description: 'RFC 9449: present when DPoP is on' }))
+}, { $id: 'ProtectedResourceMetadata', description: 'RFC 9728 §2' })
 
 export const SHARED_SCHEMAS = [
   OAuthErrorSchema, ProblemSchema, TokenRequestSchema, TokenResponseSchema, RefreshRequestSchema,
   RevokeRequestSchema, IntrospectionRequestSchema, QuotaUsageSchema, IntrospectionResponseSchema,
-  JwksSchema, HealthSchema, MetadataSchema
+  JwksSchema, HealthSchema, MetadataSchema, ProtectedResourceMetadataSchema
 ]
 
 export function addSharedSchemas (app: FastifyInstance): void {
@@ -141,7 +158,7 @@ const header = (description: string): TSchema => Type.String({ description })
 /** Response headers documented once, named as the server sends them. */
 export const headers = {
   wwwAuthenticateBasic: { 'WWW-Authenticate': header('RFC 6749 §5.2: `Basic realm="tollgate"` when client authentication failed') },
-  wwwAuthenticateBearer: { 'WWW-Authenticate': header('RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented') },
+  wwwAuthenticateBearer: { 'WWW-Authenticate': header('RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway)') },
   retryAfter: { 'Retry-After': header('Seconds to wait before retrying') },
   noStore: { 'Cache-Control': header('`no-store`: the answer carries or describes a credential') },
   quota: {

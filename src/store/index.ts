@@ -126,6 +126,13 @@ export interface Store {
    */
   takeCountersSync?: (counters: readonly CounterTake[], now: number) => boolean
 
+  // ---- one-time values (DPoP proof jtis, RFC 9449 §11.1)
+  /**
+   * Records `key` until `expiresAt`: true when it was not recorded yet (or its record had expired),
+   * false when it was (a replay). Atomic: of concurrent callers with one key, exactly one gets true.
+   */
+  markSeen (key: string, expiresAt: number, now: number): Promise<boolean>
+
   // ---- housekeeping
   /** Deletes up to `limit` expired records of each kind; returns how many went. */
   purgeExpired (now: number, limit: number): Promise<number>

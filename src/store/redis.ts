@@ -504,6 +504,13 @@ export class RedisStore implements Store {
   }
 
   // ---- housekeeping
+  async markSeen (key: string, expiresAt: number, now: number): Promise<boolean> {
+    // SET NX PX: atomic, and Redis expires the record itself (nothing to purge).
+    const ttl = Math.max(1, Math.ceil(expiresAt - now))
+    const reply = await this.#do(async () => await this.#redis.set(`${this.#p}{seen:${encodeURIComponent(key)}}`, '1', 'PX', ttl, 'NX'))
+    return reply === 'OK'
+  }
+
   async purgeExpired (now: number, limit: number): Promise<number> {
     // Quota windows and counters go by their TTLs; families and revocations follow the caller's clock.
     const revocations = await this.#do(async () => await this.#scripts.tgPurgeRevocations(this.#rv('log'), this.#rv('ent'), this.#rv('exp'), now, limit)) as number

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS counters (
   key TEXT PRIMARY KEY, window_start INTEGER NOT NULL, count INTEGER NOT NULL, expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
+CREATE TABLE IF NOT EXISTS seen (
+  key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_at);
 `
 
 const COUNTER_FLUSH_MS = 1000
@@ -121,6 +125,9 @@ export class SqliteStore implements Store {
       deleteFamily: db.prepare('DELETE FROM families WHERE id = ?'),
       purgeRevocations: db.prepare('DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations WHERE expires_at <= ? LIMIT ?)'),
       purgeCounters: db.prepare('DELETE FROM counters WHERE key IN (SELECT key FROM counters WHERE expires_at <= ? LIMIT ?)'),
+      markSeen: db.prepare(`INSERT INTO seen (key, expires_at) VALUES (?, ?)
+        ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen.expires_at <= ?`),
+      purgeSeen: db.prepare('DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE expires_at <= ? LIMIT ?)'),
       ping: db.prepare('SELECT 1').pluck()
     }
     this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
@@ -305,6 +312,11 @@ export class SqliteStore implements Store {
     }).immediate()
   }
 
+  async markSeen (key: string, expiresAt: number, now: number): Promise<boolean> {
+    // One statement: inserted, or an expired record taken over (1 change); a live record: 0.
+    return this.#stmt.markSeen.run(key, expiresAt, now).changes === 1
+  }
+
   async purgeExpired (now: number, limit: number): Promise<number> {
     this.#flushCounters(now) // write pending increments and forget ended windows before purging rows
     return this.#db.transaction(() => {
@@ -315,6 +327,7 @@ export class SqliteStore implements Store {
       }
       n += this.#stmt.purgeRevocations.run(now, limit).changes
       n += this.#stmt.purgeCounters.run(now, limit).changes
+      n += this.#stmt.purgeSeen.run(now, limit).changes
       return n
     }).immediate()
   }

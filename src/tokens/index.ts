@@ -33,6 +33,8 @@ export interface AccessClaims {
   act?: { sub: string, act?: unknown }
   /** Refresh-family id, when minted from a refresh-token family (revoking the family denies it). */
   fid?: string
+  /** RFC 9449 §6.1: the DPoP key the token is bound to (its RFC 7638 thumbprint). */
+  cnf?: { jkt: string }
   [claim: string]: unknown
 }
 
@@ -61,6 +63,8 @@ export interface IssueRequest {
   claims?: Record<string, unknown>
   /** A token for a tool to receive (proxy/downstream-token.ts): marked so no Tollgate endpoint accepts it. */
   downstream?: boolean
+  /** RFC 9449: binds the token to this DPoP key thumbprint (`cnf.jkt`). */
+  jkt?: string
 }
 
 /**
@@ -161,6 +165,7 @@ export class Tokens {
     if (req.quota !== undefined) claims.quota = req.quota
     if (req.act !== undefined) claims.act = req.act
     if (req.fid !== undefined) claims.fid = req.fid
+    if (req.jkt !== undefined) claims.cnf = { jkt: req.jkt }
     if (req.downstream === true) (claims as Record<string, unknown>)[TOKEN_USE_CLAIM] = DOWNSTREAM_USE
     let sign = this.#signers.get(key.privateKey)
     if (sign === undefined) {
