@@ -77,6 +77,14 @@ const ToolSchema = Type.Object({
   auth: Type.Optional(ToolAuth),
   refundOnFailure: Type.Boolean({ default: true }),
   websocket: Type.Boolean({ default: false }),
+  // `mcp`: an MCP server speaking Streamable HTTP at `url`, reached at /call/<name> (CONTRACT §12).
+  protocol: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('mcp')], { default: 'http' })),
+  // MCP tool name (or "*", the default entry) → the scopes a `tools/call` of it needs and its cost.
+  mcpTools: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.Object({
+    scopes: Type.Optional(Type.Array(ScopeToken)),
+    cost: Type.Optional(Type.Integer({ minimum: 0 })),
+    costExpr: Type.Optional(Type.String())
+  }, { additionalProperties: false }))),
   // The largest WebSocket message (bytes) accepted from either side; larger ones close with 1009.
   maxPayload: Type.Optional(Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1, default: 1_048_576 }))
 }, { additionalProperties: false })
@@ -373,6 +381,13 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
     if (names.has(tool.name)) throw new ConfigError(`${key}.name`, `duplicate tool name ${tool.name}`)
     names.add(tool.name)
     parseToolUrl(tool.url, `${key}.url`)
+    if (tool.protocol === 'mcp' && tool.websocket) throw new ConfigError(`${key}.websocket`, 'an MCP tool speaks Streamable HTTP, not WebSocket')
+    if (tool.mcpTools !== undefined) {
+      if (tool.protocol !== 'mcp') throw new ConfigError(`${key}.mcpTools`, 'only a tool with protocol: mcp has MCP tools')
+      for (const [name, entry] of Object.entries(tool.mcpTools)) {
+        if (entry.costExpr !== undefined) throw new ConfigError(`${key}.mcpTools.${name}.costExpr`, 'priced MCP tools (costExpr) are not supported yet: give a fixed cost')
+      }
+    }
     const auth = tool.auth
     if (typeof auth === 'object') {
       const value = env[auth.valueEnv]

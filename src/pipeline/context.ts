@@ -22,6 +22,8 @@ export interface RequestContext {
   body: Buffer | undefined
   /** The checked upstream path and query of a pass-through call. */
   upstreamPath: string | undefined
+  /** An MCP POST: the ids of its tools/list requests, whose answers are filtered (src/mcp/rpc.ts). */
+  mcpListIds: Set<string | number> | undefined
   /** meter: the quota charge taken for this call. */
   charge: Charge | undefined
   /** The usage to report in the RateLimit fields (after the charge, and after a refund). */
@@ -42,6 +44,7 @@ export function createContext (id: string, ip: string): RequestContext {
     tool: undefined,
     body: undefined,
     upstreamPath: undefined,
+    mcpListIds: undefined,
     charge: undefined,
     usage: undefined,
     refunded: false,

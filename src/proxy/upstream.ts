@@ -5,6 +5,7 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import { Pool, type Dispatcher } from 'undici'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
+import type { BodyRewriter } from '../mcp/rpc.js'
 import type { Tool } from '../tools/index.js'
 
 /** Connect timeout cap (ms): a tool's own timeout applies when it is shorter. */
@@ -101,6 +102,8 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   #failure: Error | undefined
   #callerGone = false
   #onBodyError: ((err: Error) => void) | undefined
+  /** Set by relayTo for an answer Tollgate must edit on the way (an MCP tools/list answer). */
+  #rewrite: BodyRewriter | undefined
 
   constructor (readonly resolve: (answer: UpstreamAnswer) => void, readonly reject: (err: TollgateError) => void) {}
 
@@ -123,7 +126,23 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
       controller.pause()
       return
     }
-    if (!res.write(chunk)) {
+    this.#write(res, controller, chunk)
+  }
+
+  #write (res: ServerResponse, controller: Dispatcher.DispatchController | undefined, chunk: Buffer): void {
+    let out: Buffer | undefined = chunk
+    if (this.#rewrite !== undefined) {
+      try {
+        out = this.#rewrite.push(chunk)
+      } catch (err) {
+        this.#failure = err as Error
+        controller?.abort(err as Error)
+        this.#fail(res, err as Error)
+        return
+      }
+      if (out === undefined) return
+    }
+    if (!res.write(out) && controller !== undefined) {
       controller.pause()
       res.once('drain', () => { controller.resume() })
     }
@@ -131,7 +150,24 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
 
   onResponseEnd (): void {
     this.#ended = true
-    this.#res?.end()
+    const res = this.#res
+    if (res === undefined) return
+    this.#finish(res)
+  }
+
+  #finish (res: ServerResponse): void {
+    if (this.#rewrite !== undefined) {
+      let tail: Buffer | undefined
+      try {
+        tail = this.#rewrite.end()
+      } catch (err) {
+        this.#failure = err as Error
+        this.#fail(res, err as Error)
+        return
+      }
+      if (tail !== undefined) res.write(tail)
+    }
+    res.end()
   }
 
   onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
@@ -147,9 +183,14 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
    * Writes the status and `headers` to the caller's response and relays the body into it.
    * `onBodyError` hears of a body that breaks off (not of the caller going away).
    */
-  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void): void {
+  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter): void {
     this.#res = res
     this.#onBodyError = onBodyError
+    if (rewrite !== undefined) {
+      // The body changes length: it goes out chunked.
+      this.#rewrite = rewrite
+      delete headers['content-length']
+    }
     res.once('close', () => {
       if (this.#ended || this.#failure !== undefined) return
       this.#callerGone = true
@@ -158,9 +199,12 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
     res.writeHead(this.statusCode, headers)
     const pending = this.#pending
     this.#pending = []
-    for (const chunk of pending) res.write(chunk)
+    for (const chunk of pending) {
+      this.#write(res, undefined, chunk)
+      if (this.#failure !== undefined) return
+    }
     if (this.#failure !== undefined) this.#fail(res, this.#failure)
-    else if (this.#ended) res.end()
+    else if (this.#ended) this.#finish(res)
     else if (this.#controller?.paused === true) this.#controller.resume()
   }
 

@@ -14,6 +14,7 @@ import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
 import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
+import { listFilterFor, planRequest, type BodyRewriter } from '../mcp/rpc.js'
 import { headers, problem, response } from '../schemas/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
 import type { OutgoingHttpHeaders } from 'node:http'
@@ -168,7 +169,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
    * reply is taken over from Fastify (hooks still run on finish) and the body goes straight from
    * undici to the caller's socket.
    */
-  async function forward (request: FastifyRequest, reply: FastifyReply, tool: Tool, req: UpstreamRequest): Promise<FastifyReply> {
+  async function forward (request: FastifyRequest, reply: FastifyReply, tool: Tool, req: UpstreamRequest, rewriteFor?: (headers: Record<string, string | string[] | undefined>) => BodyRewriter | undefined): Promise<FastifyReply> {
     const started = process.hrtime.bigint()
     const trace = request.ctx.trace
     trace?.upstream(req.method, tool.url, req.headers)
@@ -195,9 +196,89 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     answer.relayTo(reply.raw, headers, (err) => {
       trace?.upstreamFailed(err)
       settleReply(request, undefined, true).catch(() => {})
-    })
+    }, rewriteFor?.(answer.headers))
     return reply
   }
+
+  /** An MCP tool is reached only at /call/<tool>, where each tools/call is checked and charged. */
+  const refuseMcp = (tool: Tool): void => {
+    if (tool.protocol === 'mcp') throw new TollgateError('invalid_request', 400, `tool ${tool.name} is an MCP server: use /call/${tool.name} as its URL`)
+  }
+
+  // ---- /call/:tool for MCP tools (CONTRACT §12): Streamable HTTP relayed; every tools/call in a
+  // POSTed message or batch checked against mcpTools and charged; tools/list answers filtered.
+  await app.register(async function callMcp (scope) {
+    scope.removeAllContentTypeParsers()
+    const parseJson = scope.getDefaultJsonParser('error', 'error')
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+      request.ctx.body = body as Buffer
+      const text = (body as Buffer).toString('utf8')
+      parseJson(request, text, (err, parsed) => {
+        if (err !== null) {
+          done(new TollgateError('invalid_request', 400, 'the body is not valid JSON'), undefined)
+          return
+        }
+        const repeated = duplicateKey(text)
+        if (repeated !== undefined) {
+          done(new TollgateError('invalid_request', 400, `the body repeats the member name ${JSON.stringify(repeated.slice(0, 64))}`), undefined)
+          return
+        }
+        done(null, parsed)
+      })
+    })
+    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      const ctx = request.ctx
+      const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
+      if (tool.protocol !== 'mcp') throw new TollgateError('not_found', 404, `tool ${tool.name} is not an MCP server: call /call/${tool.name}/<path> or POST /call`)
+      const { search } = splitCallUrl(request.raw.url ?? '')
+      ctx.upstreamPath = upstreamPath(tool, '', search)
+      let cost = 0
+      if (request.method === 'POST') {
+        const plan = planRequest(tool, principalOf(ctx).scopes, request.body)
+        cost = plan.cost
+        ctx.mcpListIds = plan.listIds
+      }
+      ctx.trace?.enter('limit')
+      await limit(limiters, ctx)
+      if (cost > 0) {
+        ctx.trace?.enter('meter')
+        const quotaFields = await meter(quotas, ctx, cost)
+        if (quotaFields !== undefined) reply.headers(quotaFields)
+      }
+      ctx.trace?.leave()
+    }
+    const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
+      const ctx = request.ctx
+      const tool = ctx.tool as Tool
+      const listIds = ctx.mcpListIds
+      const scopes = principalOf(ctx).scopes
+      return await forward(request, reply, tool, {
+        method: request.method as UpstreamRequest['method'],
+        path: ctx.upstreamPath as string,
+        headers: relayCall(request, tool),
+        body: request.method === 'POST' ? (ctx.body ?? null) : null
+      }, listIds === undefined ? undefined : headers => listFilterFor(headers['content-type'], tool, scopes, listIds))
+    }
+    for (const method of ['POST', 'GET', 'DELETE'] as const) {
+      scope.route({
+        method,
+        url: '/call/:tool',
+        onRequest: authenticateCall,
+        preHandler,
+        schema: {
+          operationId: `callMcp${method[0]}${method.slice(1).toLowerCase()}`,
+          tags: ['tools'],
+          summary: `An MCP server behind Tollgate (Streamable HTTP, ${method})`,
+          description: 'For a tool with `protocol: mcp`, `/call/{tool}` is the MCP server URL a client uses: POST (JSON-RPC messages; answers as JSON or SSE), GET (the server\'s SSE stream) and DELETE (end the session), with `Mcp-Session-Id` and `MCP-Protocol-Version` passed both ways. Every `tools/call` is checked against the tool\'s `mcpTools` (403 insufficient_scope with the scope needed; 404 for an MCP tool not offered) and charged at its cost (429 quota_exceeded when spent); `tools/list` answers list only the MCP tools the token\'s scopes allow. ' + CALL_HEADERS_DOC,
+          security: [{ bearerAuth: [] }],
+          params: Type.Object({ tool: Type.String({ description: 'The configured tool name' }) }),
+          ...(method === 'POST' ? { body: Type.Unknown({ description: 'A JSON-RPC 2.0 message or batch' }) } : {}),
+          response: { 200: toolAnswer, ...errorResponses }
+        },
+        handler
+      })
+    }
+  })
 
   // ---- POST /call: the JSON body goes to the tool's url as the exact bytes received.
   await app.register(async function callJson (scope) {
@@ -236,6 +317,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       // promise and a dispatch on every call.
       preHandler: async (request, reply) => {
         const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
+        refuseMcp(tool)
         await limitAndMeter(request, reply, tool)
       }
     }, async (request, reply) => {
@@ -259,6 +341,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
       const ctx = request.ctx
       const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
+      refuseMcp(tool)
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)

@@ -31,6 +31,15 @@ export interface Tool {
   websocket: boolean
   /** Bytes: the largest WebSocket message relayed either way (RFC 6455 §7.4.1: 1009 above it). */
   maxPayload: number
+  /** `mcp`: an MCP server (Streamable HTTP) whose `tools/call` requests are checked and charged one by one. */
+  protocol: 'http' | 'mcp'
+  /** MCP tool name (or `*`) → what a `tools/call` of it needs and costs; empty for an HTTP tool. */
+  mcpTools: ReadonlyMap<string, McpToolRule>
+}
+
+export interface McpToolRule {
+  scopes: readonly string[]
+  cost: number
 }
 
 export class ToolRegistry {
@@ -89,6 +98,8 @@ function toTool (c: ToolConfig, key: string): Tool {
     auth,
     refundOnFailure: c.refundOnFailure,
     websocket: c.websocket,
-    maxPayload
+    maxPayload,
+    protocol: c.protocol ?? 'http',
+    mcpTools: new Map(Object.entries(c.mcpTools ?? {}).map(([name, rule]) => [name, { scopes: [...(rule.scopes ?? [])], cost: rule.cost ?? 1 }]))
   }
 }

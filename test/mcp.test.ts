@@ -1,0 +1,213 @@
+// MCP servers behind Tollgate (CONTRACT §12, issue 17 item 3). Real parts on both sides: an MCP
+// server made with @modelcontextprotocol/sdk (Streamable HTTP, stateful sessions) on a free port,
+// and the SDK's own client connecting through `<gateway>/call/<tool>` with a Tollgate token. One
+// server answers with SSE streams (the SDK's default), the other with JSON (enableJsonResponse).
+import { randomUUID } from 'node:crypto'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import t from 'tap'
+import { z } from 'zod'
+import { loadConfig } from '../src/config.js'
+import { SECRET, client, issue, type TestContext } from './helper.js'
+import { startApp } from './call-helper.js'
+
+interface McpUpstream {
+  origin: string
+  /** tools/call requests the server ran, by MCP tool name. */
+  calls: string[]
+  /** Requests that reached the server, with the session header they carried. */
+  requests: Array<{ method: string, session: string | undefined, version: string | undefined }>
+  /** Resolved by the test when the client has seen the slow tool's first progress message. */
+  firstSeen: { resolve: () => void, promise: Promise<void> }
+}
+
+function deferred (): { resolve: () => void, promise: Promise<void> } {
+  let resolve = (): void => {}
+  const promise = new Promise<void>(r => { resolve = r })
+  return { resolve, promise }
+}
+
+async function startMcpServer (t: TestContext, json: boolean): Promise<McpUpstream> {
+  const up: McpUpstream = { origin: '', calls: [], requests: [], firstSeen: deferred() }
+  const transports = new Map<string, StreamableHTTPServerTransport>()
+  const newServer = (): McpServer => {
+    const server = new McpServer({ name: 'test-tools', version: '1.0.0' })
+    server.registerTool('echo', { description: 'echoes', inputSchema: { text: z.string() } }, async ({ text }) => {
+      up.calls.push('echo')
+      return { content: [{ type: 'text', text }] }
+    })
+    server.registerTool('admin', { description: 'needs mcp:admin' }, async () => {
+      up.calls.push('admin')
+      return { content: [{ type: 'text', text: 'admin done' }] }
+    })
+    server.registerTool('hidden', { description: 'no entry in mcpTools' }, async () => {
+      up.calls.push('hidden')
+      return { content: [{ type: 'text', text: 'hidden' }] }
+    })
+    server.registerTool('slow', { description: 'reports progress, then answers', inputSchema: {} }, async (_args, extra) => {
+      up.calls.push('slow')
+      const token = extra._meta?.progressToken
+      if (token !== undefined) {
+        await extra.sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: 1, total: 2 } })
+        // The answer is held until the client has seen the first part: an answer buffered whole on
+        // the way would never let it, and the call would time out.
+        await up.firstSeen.promise
+        await extra.sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: 2, total: 2 } })
+      }
+      return { content: [{ type: 'text', text: 'slow done' }] }
+    })
+    return server
+  }
+  const http = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const session = req.headers['mcp-session-id'] as string | undefined
+    up.requests.push({ method: req.method ?? '', session, version: req.headers['mcp-protocol-version'] as string | undefined })
+    void (async () => {
+      let transport = session === undefined ? undefined : transports.get(session)
+      if (transport === undefined) {
+        if (session !== undefined) {
+          res.writeHead(404).end()
+          return
+        }
+        transport = new StreamableHTTPServerTransport({
+          sessionIdGenerator: () => randomUUID(),
+          enableJsonResponse: json,
+          onsessioninitialized: id => { transports.set(id, transport as StreamableHTTPServerTransport) }
+        })
+        await newServer().connect(transport)
+      }
+      await transport.handleRequest(req, res)
+    })().catch(err => { if (!res.headersSent) res.writeHead(500).end(String(err)) })
+  })
+  await new Promise<void>(resolve => http.listen(0, '127.0.0.1', resolve))
+  up.origin = `http://127.0.0.1:${(http.address() as AddressInfo).port}`
+  t.teardown(async () => {
+    for (const transport of transports.values()) await transport.close().catch(() => {})
+    http.closeAllConnections()
+    await new Promise(resolve => http.close(resolve))
+  })
+  return up
+}
+
+const MCP_TOOLS = { echo: { scopes: ['tools:call'], cost: 2 }, slow: { cost: 1 }, admin: { scopes: ['mcp:admin'], cost: 1 } }
+
+async function setup (t: TestContext, json: boolean, quota = 100): Promise<{ up: McpUpstream, base: string, token: string }> {
+  const up = await startMcpServer(t, json)
+  const { app, base } = await startApp(t, undefined, [
+    { name: 'mcp', origin: up.origin, path: '/mcp', protocol: 'mcp', mcpTools: MCP_TOOLS }
+  ], { clients: [client('agent', { audiences: ['tool:mcp'], quota: { limit: quota, window: '1h' } })] })
+  return { up, base, token: (await issue(app)).access_token as string }
+}
+
+async function connect (t: TestContext, base: string, token: string): Promise<Client> {
+  const mcp = new Client({ name: 'test-client', version: '1.0.0' })
+  const transport = new StreamableHTTPClientTransport(new URL(`${base}/call/mcp`), { requestInit: { headers: { authorization: `Bearer ${token}` } } })
+  await mcp.connect(transport)
+  t.teardown(async () => { await mcp.close().catch(() => {}) })
+  return mcp
+}
+
+async function quotaUsed (base: string, token: string): Promise<number> {
+  const res = await fetch(`${base}/quota`, { headers: { authorization: `Bearer ${token}` } })
+  return ((await res.json()) as { used: number }).used
+}
+
+for (const json of [false, true]) {
+  const kind = json ? 'JSON answers' : 'SSE answers'
+  t.test(`the SDK's client through Tollgate (${kind}): initialize, list, call, refuse, spend`, async t => {
+    const { up, base, token } = await setup(t, json, 5)
+    const mcp = await connect(t, base, token)
+    t.equal(mcp.getServerVersion()?.name, 'test-tools', 'initialized through the gateway')
+    const session = up.requests.find(r => r.session !== undefined)?.session
+    t.ok(session, 'the server\'s Mcp-Session-Id reached the client, which sends it back')
+    t.ok(up.requests.some(r => r.version !== undefined), 'MCP-Protocol-Version reaches the server')
+
+    const listed = (await mcp.listTools()).tools.map(tool => tool.name).sort()
+    t.same(listed, ['echo', 'slow'], 'tools/list names only what the token may call (admin needs mcp:admin; hidden has no entry)')
+
+    const answer = await mcp.callTool({ name: 'echo', arguments: { text: 'hello' } })
+    t.same(answer.content, [{ type: 'text', text: 'hello' }], 'an allowed tool answers')
+    t.equal(await quotaUsed(base, token), 2, 'charged at echo\'s cost (2); initialize and tools/list cost nothing')
+
+    const forbidden = await mcp.callTool({ name: 'admin', arguments: {} }).then(() => 'answered', (err: Error) => err.message)
+    t.match(forbidden, /403/, 'a tool the token lacks the scope for is refused with 403')
+    const hidden = await mcp.callTool({ name: 'hidden', arguments: {} }).then(() => 'answered', (err: Error) => err.message)
+    t.match(hidden, /404/, 'a tool with no mcpTools entry (and no "*") is refused')
+    t.same(up.calls, ['echo'], 'neither refused call reached the server')
+
+    await mcp.callTool({ name: 'echo', arguments: { text: 'again' } })
+    t.equal(await quotaUsed(base, token), 4)
+    const spent = await mcp.callTool({ name: 'echo', arguments: { text: 'one too many' } }).then(() => 'answered', (err: Error) => err.message)
+    t.match(spent, /429/, 'a spent quota is 429')
+    t.equal(await quotaUsed(base, token), 4, 'the refused call is not charged')
+    t.same(up.calls, ['echo', 'echo'])
+  })
+}
+
+t.test('a streamed (SSE) tool answer arrives in parts as the server sends them', async t => {
+  const { up, base, token } = await setup(t, false)
+  const mcp = await connect(t, base, token)
+  const progress: number[] = []
+  const result = await mcp.callTool({ name: 'slow', arguments: {} }, undefined, {
+    onprogress: p => {
+      progress.push(p.progress)
+      if (p.progress === 1) up.firstSeen.resolve()
+    },
+    timeout: 10_000
+  })
+  t.same(progress, [1, 2], 'both parts arrived, the first before the server sent the rest')
+  t.same(result.content, [{ type: 'text', text: 'slow done' }])
+  t.equal(await quotaUsed(base, token), 1, 'charged once, at slow\'s cost')
+})
+
+t.test('raw requests: the scope challenge, batches, bounded parsing, and no way around the checks', async t => {
+  const { up, base, token } = await setup(t, true)
+  const auth = { authorization: `Bearer ${token}` }
+  const post = async (body: string, extra: Record<string, string> = {}): Promise<Response> => await fetch(`${base}/call/mcp`, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...extra },
+    body
+  })
+  const call = (id: number, name: string): Record<string, unknown> => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: {} } })
+
+  const forbidden = await post(JSON.stringify(call(1, 'admin')))
+  t.equal(forbidden.status, 403)
+  t.match(forbidden.headers.get('www-authenticate'), /^Bearer .*error="insufficient_scope".*scope="mcp:admin"/, 'the challenge names the scope needed')
+  t.equal((await forbidden.json() as { code: string }).code, 'insufficient_scope')
+
+  const batch = await post(JSON.stringify([call(1, 'echo'), call(2, 'admin')]))
+  t.equal(batch.status, 403, 'one forbidden tools/call refuses the whole batch')
+
+  for (const [body, why] of [['{"jsonrpc":"2.0",', 'malformed JSON'], ['[]', 'an empty batch'], ['[1]', 'a message that is not an object'],
+    [JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: {} }), 'tools/call without a name'],
+    ['{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}', 'a repeated member name']] as const) {
+    const res = await post(body)
+    t.equal(res.status, 400, why)
+    t.equal((await res.json() as { code: string }).code, 'invalid_request', why)
+  }
+  const big = await post(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: { text: 'x'.repeat(2 * 1024 * 1024) } } }))
+  t.equal(big.status, 413, 'a body over the limit is 413')
+
+  // The same MCP server cannot be reached around the per-tool checks.
+  const passThrough = await fetch(`${base}/call/mcp/mcp`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(call(1, 'admin')) })
+  t.equal(passThrough.status, 400, 'the pass-through refuses an MCP tool')
+  const postCall = await fetch(`${base}/call`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ tool: 'mcp', ...call(1, 'admin') }) })
+  t.equal(postCall.status, 400, 'POST /call refuses an MCP tool')
+  t.same(up.calls, [], 'nothing refused reached the server')
+  t.equal(up.requests.length, 0, 'not even a request')
+
+  const noToken = await fetch(`${base}/call/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(call(1, 'echo')) })
+  t.equal(noToken.status, 401)
+})
+
+t.test('config: mcpTools belong to MCP tools, with fixed costs for now', async t => {
+  const config = (tool: Record<string, unknown>) => loadConfig({ raw: { issuer: 'https://tollgate.test', tools: [{ name: 'm', url: 'http://127.0.0.1:9/mcp', audience: 'tool:m', ...tool }] }, env: { TOLLGATE_SECRET: SECRET } })
+  t.equal(config({ protocol: 'mcp', mcpTools: { '*': { cost: 0 } } }).tools[0]?.protocol, 'mcp')
+  t.throws(() => config({ mcpTools: { echo: {} } }), /config: tools\.0\.mcpTools/, 'mcpTools without protocol: mcp')
+  t.throws(() => config({ protocol: 'mcp', websocket: true }), /config: tools\.0\.websocket/)
+  t.throws(() => config({ protocol: 'mcp', mcpTools: { echo: { costExpr: 'size(args)' } } }), /config: tools\.0\.mcpTools\.echo\.costExpr/)
+  t.throws(() => config({ protocol: 'grpc' }), /config: tools\.0\.protocol/)
+})
