@@ -5,7 +5,7 @@ import { Readable, Writable } from 'node:stream'
 import { createRemoteJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import { client, issue } from './helper.js'
+import { ManualClock, client, issue } from './helper.js'
 import { rawRequest, startApp, startUpstream } from './call-helper.js'
 import { freePort } from './support/redis.js'
 
@@ -121,8 +121,11 @@ t.test('POST /call sends the exact body with a downstream token and clean header
   t.equal(up.seen[1]?.headers.authorization, auth, 'cached per (jti, tool)')
 })
 
+// The rate limits and quotas count in windows aligned to the epoch: on the wall clock a window
+// turning mid-test would refill them, so the tests that count run on an injected clock.
 t.test('checks run in the contract\'s order', async t => {
   const up = await startUpstream(t)
+  const clock = new ManualClock()
   const { app } = await startApp(t, up, [
     { name: 'chat' },
     { name: 'other', path: '/other' },
@@ -131,7 +134,7 @@ t.test('checks run in the contract\'s order', async t => {
   ], {
     rateLimits: { perSubject: { max: 3, window: '1m' } },
     clients: [client('agent', { quota: { limit: 2, window: '1h' } })]
-  })
+  }, {}, clock.fn)
   const tok = (await issue(app)).access_token as string
 
   const noToken = await app.inject(post(undefined, { tool: 'nope' }))
@@ -181,11 +184,16 @@ t.test('checks run in the contract\'s order', async t => {
   t.equal(form.statusCode, 415, 'POST /call takes JSON only')
   const noTool = await app.inject(post(tok, { arguments: {} }))
   t.equal(noTool.statusCode, 400)
+
+  clock.advance(60_000)
+  const later = await app.inject(post(tok, { tool: 'chat' }))
+  t.equal(later.json().code, 'quota_exceeded', 'a minute later the subject limit has room again, the hourly quota not')
 })
 
 t.test('per-IP limit counts every subject from one address', async t => {
   const up = await startUpstream(t)
-  const { app, base } = await startApp(t, up, [{ name: 'chat' }, { name: 'other' }], { rateLimits: { perIp: { max: 2, window: '1m' } } })
+  const clock = new ManualClock()
+  const { app, base } = await startApp(t, up, [{ name: 'chat' }, { name: 'other' }], { rateLimits: { perIp: { max: 2, window: '1m' } } }, {}, clock.fn)
   const a = (await issue(app)).access_token as string
   const b = (await issue(app, {}, 'other')).access_token as string
   const call = async (tok: string, tool: string): Promise<Awaited<ReturnType<typeof request>>> =>
@@ -198,6 +206,8 @@ t.test('per-IP limit counts every subject from one address', async t => {
   t.equal(res.headers['ratelimit-policy'], '"ip";q=2;w=60')
   t.match(String(res.headers.ratelimit), /^"ip";r=0;t=\d+$/)
   t.ok(Number(res.headers['retry-after']) >= 1)
+  clock.advance(60_000)
+  t.equal((await call(a, 'chat')).statusCode, 200, 'the next window has room')
 })
 
 t.test('upstream failures: 502, 504, 5xx pass through, all refunded unless the tool says not to', async t => {
@@ -344,7 +354,8 @@ t.test('credential modes: none and a static header from the environment', async 
 
 t.test('a trusted proxy\'s X-Forwarded-For chain is extended and keys the per-IP limit', async t => {
   const up = await startUpstream(t)
-  const { app, base } = await startApp(t, up, [{ name: 'chat' }], { server: { trustProxy: '127.0.0.1' }, rateLimits: { perIp: { max: 1, window: '1m' } } })
+  const clock = new ManualClock()
+  const { app, base } = await startApp(t, up, [{ name: 'chat' }], { server: { trustProxy: '127.0.0.1' }, rateLimits: { perIp: { max: 1, window: '1m' } } }, {}, clock.fn)
   const tok = (await issue(app)).access_token as string
   const call = async (xff: string): Promise<number> => {
     const r = await request(`${base}/call/chat/x`, { headers: { authorization: `Bearer ${tok}`, 'x-forwarded-for': xff, 'x-forwarded-proto': 'https', 'x-forwarded-host': 'api.example' } })
@@ -357,6 +368,8 @@ t.test('a trusted proxy\'s X-Forwarded-For chain is extended and keys the per-IP
   t.equal(up.seen[0]?.headers['x-forwarded-host'], 'api.example')
   t.equal(await call('203.0.113.10'), 200, 'another client behind the same proxy has its own counter')
   t.equal(await call('203.0.113.9'), 429, 'the first client is limited')
+  clock.advance(60_000)
+  t.equal(await call('203.0.113.9'), 200, 'and has room again in the next window')
 })
 
 t.test('refused calls get an audit line without the token; metrics count calls and refusals', async t => {

@@ -26,7 +26,13 @@ async function get (base: string, path: string, headers: Record<string, string> 
   })
 }
 
-interface Gateway { app: FastifyInstance, base: string, lines: any[] }
+interface Gateway {
+  app: FastifyInstance
+  base: string
+  lines: any[]
+  /** Resolves once the response to the request with this X-Request-Id has finished (its access line is written by then). */
+  finished: (requestId: string) => Promise<void>
+}
 
 async function gateway (t: TestContext, config: Config, clock?: () => number): Promise<Gateway> {
   const lines: any[] = []
@@ -36,8 +42,17 @@ async function gateway (t: TestContext, config: Config, clock?: () => number): P
     ...(clock !== undefined ? { clock } : {})
   })
   t.teardown(() => app.close())
+  // Fastify's own 'finish' listener runs the onResponse hooks (the access line) and was added before
+  // this one, so a request's id is recorded here only after its line was written.
+  const done = new Set<string>()
+  const waiting = new Map<string, () => void>()
+  app.server.on('request', (req, res) => {
+    const id = req.headers['x-request-id']
+    if (typeof id === 'string') res.once('finish', () => { done.add(id); waiting.get(id)?.() })
+  })
+  const finished = async (id: string): Promise<void> => { if (!done.has(id)) await new Promise<void>(resolve => waiting.set(id, resolve)) }
   await app.listen({ host: '127.0.0.1', port: 0 })
-  return { app, base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, lines }
+  return { app, base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, lines, finished }
 }
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
@@ -95,7 +110,7 @@ t.test('one access-log line and one metric count per request', async t => {
   t.match(text, /^tollgate_validations_total\{endpoint="forward_auth",result="allowed"\} 4$/m)
   t.match(text, /^tollgate_http_request_duration_seconds_count\{method="GET",route="\/validate",status_code="200"\} 4$/m)
   // Lines are written when the answer is finished: wait for the last one.
-  for (let i = 0; i < 50 && !gw.lines.some(l => l.reqId === 'req-bad' && l.msg === 'request'); i++) await new Promise(resolve => setTimeout(resolve, 10))
+  await gw.finished('req-bad')
   const access = gw.lines.filter(l => typeof l.reqId === 'string' && l.reqId.startsWith('req-') && l.msg === 'request')
   t.equal(access.length, 5, 'exactly one line per request')
   const first = access.find(l => l.reqId === 'req-0')
@@ -116,7 +131,8 @@ t.test('accessLog: false writes no access line', async t => {
   const tok = (await issue(gw.app)).access_token
   t.equal((await get(gw.base, '/validate', { ...bearer(tok), 'x-request-id': 'req-off' })).status, 200)
   t.equal((await get(gw.base, '/health', { 'x-request-id': 'req-off-2' })).status, 200)
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await gw.finished('req-off')
+  await gw.finished('req-off-2')
   t.equal(gw.lines.filter(l => l.msg === 'request').length, 0)
   t.ok(gw.lines.some(l => l.audit === 'token.issued'), 'other lines are still written')
 })

@@ -126,6 +126,15 @@ t.test('/call/:tool/*: any method, path, query, headers and body, never a 5xx, n
 
 t.test('raw request targets over a real socket: never a 5xx, never outside the base', async t => {
   const { up, port, tokens } = await fixture(t)
+  // Controls: ordinary targets reach the tool, under its base, as written; so the property below
+  // cannot hold merely because every request is refused.
+  for (const [target, reaches] of [['/call/chat/a/b', '/chat/a/b'], ['/call/search/x%20y/z.json?q=1', '/api/v1/search/x%20y/z.json?q=1'], ['/call/chat/a.b/..c/', '/chat/a.b/..c/']]) {
+    const before = up.seen.length
+    const res = await rawRequest(port, 'GET', target as string, { authorization: `Bearer ${tokens.agent as string}` })
+    t.equal(res.status, 200, `control: ${target as string}`)
+    t.same(up.seen.slice(before).map(s => s.url), [reaches], `control: ${target as string} reaches the tool as ${reaches as string}`)
+  }
+  let forwarded = 0
   // Bytes no HTTP client would send as written: raw dots, backslashes, absolute forms, UTF-8.
   const rawSegment = fc.oneof(segment, fc.constantFrom('..', '.', '\\..', '..\\', 'a\\b', 'é', '%2e.', 'http://evil.test', '//evil.test', '?', '#frag', '%3f', '%23'))
   await fc.assert(fc.asyncProperty(fc.constantFrom('GET', 'DELETE', 'OPTIONS'), fc.constantFrom('chat', 'search'), fc.array(rawSegment, { minLength: 1, maxLength: 4 }), async (verb, tool, parts) => {
@@ -133,12 +142,15 @@ t.test('raw request targets over a real socket: never a 5xx, never outside the b
     const before = up.seen.length
     const res = await rawRequest(port, verb, target, { authorization: `Bearer ${tokens.agent as string}` })
     if (res.status >= 500) throw new Error(`${verb} ${target} → ${res.status} ${res.body}`)
-    for (const seen of up.seen.slice(before)) {
+    const reached = up.seen.slice(before)
+    forwarded += reached.length
+    if (res.status === 200 && reached.length !== 1) throw new Error(`200 but the tool saw ${reached.length} requests`)
+    for (const seen of reached) {
       const base = tool === 'search' ? '/api/v1/search' : '/chat'
       if (!staysUnder(seen.url, base)) throw new Error(`${target} reached the tool as ${seen.url}`)
     }
   }), { numRuns: Math.ceil(RUNS / 2) })
-  t.pass(`${Math.ceil(RUNS / 2)} runs`)
+  t.ok(forwarded > 0, `${Math.ceil(RUNS / 2)} runs, ${forwarded} forwarded to the tool`)
 })
 
 t.test('random interleavings of parallel calls with random costs never exceed the quota', async t => {
@@ -161,6 +173,7 @@ t.test('random interleavings of parallel calls with random costs never exceed th
   }, {}, clock.fn)
   const costOf = new Map(tools.map(x => [x.name, x.cost]))
   let runs = 0
+  let grantedTotal = 0
   await fc.assert(fc.asyncProperty(
     fc.array(fc.record({ tool: fc.constantFrom(...tools.map(x => x.name)), style: fc.constantFrom('json', 'path'), delay: fc.nat({ max: 3 }) }), { minLength: 1, maxLength: 24 }),
     async (calls) => {
@@ -181,6 +194,7 @@ t.test('random interleavings of parallel calls with random costs never exceed th
       }))
       const quota = (await app.inject({ method: 'GET', url: '/quota', headers: auth })).json()
       const granted = answers.filter(a => a.status === 200)
+      grantedTotal += granted.length
       const failed = answers.filter(a => a.status === 503)
       const charged = granted.reduce((sum, a) => sum + (costOf.get(a.tool) ?? 0), 0)
       const reached = up.seen.length - before
@@ -194,4 +208,5 @@ t.test('random interleavings of parallel calls with random costs never exceed th
     }
   ), { numRuns: Math.max(20, Math.ceil(RUNS / 5)) })
   t.ok(runs >= 20, `${runs} runs`)
+  t.ok(grantedTotal > 0, `${grantedTotal} calls granted: the quota was spent, not only refused`)
 })

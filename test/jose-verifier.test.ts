@@ -32,8 +32,9 @@ const token = await tokenFromServer()
 
 t.test('jose verifies a token from /token with the keys from /jwks', async t => {
   const { payload, protectedHeader } = await jwtVerify(token, JWKS, options)
-  t.match(protectedHeader, { alg: 'ES256', typ: 'at+jwt', kid: app.keys.signingKey().kid })
-  t.match(payload, { iss: app.config.issuer, sub: 'agent', aud: ['tool:chat', 'tool:search'], client_id: 'agent', scope: 'tools:call tools:read' })
+  t.same(protectedHeader, { alg: 'ES256', typ: 'at+jwt', kid: app.keys.signingKey().kid })
+  t.match(payload, { iss: app.config.issuer, sub: 'agent', client_id: 'agent', scope: 'tools:call tools:read' })
+  t.same(payload.aud, ['tool:chat', 'tool:search'], 'exactly the requested audiences') // t.match would pass a longer list
 })
 
 t.test('a tampered payload fails the signature check', async t => {

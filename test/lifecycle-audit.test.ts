@@ -37,13 +37,20 @@ t.test('lifecycle events are audited with ids only, never a token', async t => {
 
   const audit = (name: string): any[] => lines.filter(l => l.audit === name)
   const fid = (jwt: string): string => JSON.parse(Buffer.from(jwt.split('.')[1] as string, 'base64url').toString()).fid
-  t.match(audit('refresh.rotated'), [{ client_id: 'agent', family_id: fid(first.access_token), sub: 'agent', jti: String }])
-  t.match(audit('refresh.reuse_detected'), [{ client_id: 'agent', family_id: fid(first.access_token), sub: 'agent' }])
-  t.match(audit('token.revoked'), [
+  // Exactly these lines: t.match on an array checks only as many entries as the pattern has, so
+  // the count is asserted too (an extra or duplicated audit line fails).
+  const exactly = (name: string, want: object[]): void => {
+    const got = audit(name)
+    t.equal(got.length, want.length, `${name}: ${want.length} line(s)`)
+    t.match(got, want, name)
+  }
+  exactly('refresh.rotated', [{ client_id: 'agent', family_id: fid(first.access_token), sub: 'agent', jti: String }])
+  exactly('refresh.reuse_detected', [{ client_id: 'agent', family_id: fid(first.access_token), sub: 'agent' }])
+  exactly('token.revoked', [
     { token_type: 'access_token', client_id: 'agent', jti: String },
     { token_type: 'refresh_token', client_id: 'agent', family_id: fid(other.access_token) }
   ])
-  t.match(audit('token.exchanged'), [{ client_id: 'exchanger', sub: 'agent', jti: String, subject_issuer: 'https://tollgate.test' }])
+  exactly('token.exchanged', [{ client_id: 'exchanger', sub: 'agent', jti: String, subject_issuer: 'https://tollgate.test' }])
 
   const text = lines.map(l => JSON.stringify(l)).join('\n')
   for (const token of [first, second.body, other, third, ok.json()].flatMap(b => [b.access_token, b.refresh_token]).filter(Boolean)) {

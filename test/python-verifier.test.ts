@@ -88,9 +88,13 @@ if (python !== undefined) {
       const claims = token.split('.')[1] as string
       const header = Buffer.from(JSON.stringify({ alg: 'HS256', kid: jwks.keys[0]?.kid, typ: 'at+jwt' })).toString('base64url')
       const mac = createHmac('sha256', JSON.stringify(jwks.keys[0])).update(`${header}.${claims}`).digest('base64url')
+      // Control: the same script with the same JWKS URL accepts the genuine token, so the refusal
+      // below is not a key lookup that failed.
+      t.equal((await runVerifier(python, token, [jwksUrl, issuer, 'tool:chat'])).code, 0, 'control: the real token passes')
       const out = await runVerifier(python, `${header}.${claims}.${mac}`, [jwksUrl, issuer, 'tool:chat'])
       t.equal(out.code, 1)
-      t.match(out.stderr, /rejected:/)
+      t.match(out.stderr, /^rejected: InvalidAlgorithmError: /, 'refused for its algorithm, not for a missing key')
+      t.equal(out.stdout, '')
     })
   }
 }

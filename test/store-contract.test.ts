@@ -156,6 +156,13 @@ function contract (t: Test, open: Open): void {
     t.equal(await store.findFamily('nope'), undefined)
     await t.rejects(store.createFamily(family({ id: f.id }), hash()), 'a duplicate family id is refused')
     await t.rejects(store.createFamily(family(), 'h1'), 'a token hash already in use is refused')
+    // The refusals are about the duplicates (the stores throw different errors for them): the
+    // family is untouched, and a family with a fresh id and hash is still accepted.
+    t.same(await store.findFamily('h1'), { ...f, currentHash: 'h1', lastUsedAt: NOW + 1000 }, 'the family is untouched')
+    const fresh = family()
+    const freshHash = hash()
+    await store.createFamily(fresh, freshHash)
+    t.same(await store.findFamily(freshHash), { ...fresh, currentHash: freshHash }, 'control: a new id and hash are accepted')
   })
 
   t.test('refresh: of 50 concurrent rotations of one token exactly one wins', async t => {

@@ -107,10 +107,14 @@ t.test('when Redis goes away: StoreUnavailable, errors logged without the passwo
   }
   const store = await RedisStore.connect(redis.url, { timeoutMs: 1000, keyPrefix: uniquePrefix('down'), log })
   t.teardown(() => store.close())
-  t.match(redis.url, password, 'the URL carries the password')
   await store.consumeQuota('s', 0, 60_000, 5, 1)
+  await t.rejects(RedisStore.connect(`redis://127.0.0.1:${redis.port}`, { timeoutMs: 200, keyPrefix: uniquePrefix('down') }), /^store\.redis: cannot connect to /, 'the server refuses a client without the password the URL carries')
 
   await redis.stop()
+  // The one message that names the URL is a failed connect's, and this URL carries the password.
+  const refused = await RedisStore.connect(redis.url, { timeoutMs: 200, keyPrefix: uniquePrefix('down') }).then(s => s.close(), (err: Error) => err)
+  t.match(refused, { message: `store.redis: cannot connect to redis://***@127.0.0.1:${redis.port}: ` }, 'a failed connect names the server without its password')
+  t.notOk(String(refused).includes(password), 'and nowhere in the message')
   await t.rejects(store.consumeQuota('s', 0, 60_000, 5, 1), StoreUnavailable)
   await t.rejects(store.ping(), StoreUnavailable)
   await t.rejects(store.listRevocations(undefined, NOW), StoreUnavailable)

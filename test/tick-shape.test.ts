@@ -5,6 +5,7 @@
 // project is measured on, which is the state that costs each request about 30 runtime calls; that
 // control is asserted there and only reported on other V8 versions, whose collectors may differ.
 // Nothing is mocked: real nextTicks, real collections, V8's own feedback.
+import { createHook } from 'node:async_hooks'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { closeSync, existsSync, openSync, statSync } from 'node:fs'
@@ -97,8 +98,20 @@ t.test('control: without the pin the same collections make the later slots megam
 
 t.test('pinning twice holds the first object and makes no second hook', async (t) => {
   const { pinTickObjectShape, tickObjectShapePinned } = await import('../src/tick-shape.js')
-  pinTickObjectShape()
-  pinTickObjectShape()
+  // Each pin that does anything makes exactly one tick object (taken by its own init hook): count
+  // the TickObject inits each call makes with a hook of our own, enabled around the call only.
+  const ticksMadeBy = (fn: () => void): unknown[] => {
+    const made: unknown[] = []
+    const watch = createHook({ init (_id, type, _trigger, resource) { if (type === 'TickObject') made.push(resource) } })
+    watch.enable()
+    try { fn() } finally { watch.disable() }
+    return made
+  }
+  t.equal(tickObjectShapePinned(), false, 'nothing is pinned before the first call')
+  const first = ticksMadeBy(pinTickObjectShape)
+  t.equal(first.length, 1, 'the first call makes one tick object, the one it holds')
+  t.equal(tickObjectShapePinned(), true)
+  t.same(ticksMadeBy(pinTickObjectShape), [], 'the second call makes none: no second hook, nothing replaced')
   t.equal(tickObjectShapePinned(), true)
 })
 

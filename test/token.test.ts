@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream'
 import t from 'tap'
-import { CLIENT_SECRET, FORM, basic, build, form, issue, testConfig } from './helper.js'
+import { CLIENT_SECRET, FORM, ManualClock, basic, build, form, issue, testConfig } from './helper.js'
 
 function decode (token: string): { header: any, payload: any } {
   const [h, p] = token.split('.')
@@ -132,7 +132,10 @@ t.test('grant and request errors are RFC 6749 §5.2 JSON', async t => {
 })
 
 t.test('failed and successful attempts are rate limited per IP on /token', async t => {
-  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 3, window: '1m' } } }))
+  // An injected clock: the windows are aligned to the epoch, so a minute turning mid-test on the
+  // wall clock would give the last requests a fresh budget.
+  const clock = new ManualClock()
+  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 3, window: '1m' } } }), { clock: clock.fn })
   const codes: number[] = []
   for (let i = 0; i < 5; i++) {
     const res = await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent', i % 2 === 0 ? 'wrong' : CLIENT_SECRET), ...FORM }, payload: form({ grant_type: 'client_credentials' }) })
@@ -145,6 +148,9 @@ t.test('failed and successful attempts are rate limited per IP on /token', async
   t.same(codes, [401, 200, 401, 429, 429])
   const other = await app.inject({ method: 'POST', url: '/token', remoteAddress: '10.0.0.9', headers: { authorization: basic('agent'), ...FORM }, payload: form({ grant_type: 'client_credentials' }) })
   t.equal(other.statusCode, 200, 'another IP has its own budget')
+  clock.advance(60_000)
+  const next = await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent'), ...FORM }, payload: form({ grant_type: 'client_credentials' }) })
+  t.equal(next.statusCode, 200, 'the next window has room')
 })
 
 t.test('issuance writes an audit line and metrics, and never logs the secret or the token', async t => {
@@ -159,6 +165,7 @@ t.test('issuance writes an audit line and metrics, and never logs the secret or 
   await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent', 'not-the-secret'), ...FORM }, payload: form({ grant_type: 'client_credentials' }) })
   const log = lines.join('')
   const audits = lines.map(l => JSON.parse(l)).filter(l => l.audit !== undefined)
+  t.equal(audits.length, 2, 'one audit line per request') // t.match alone checks only the leading entries
   t.match(audits, [
     { audit: 'token.issued', client_id: 'agent', grant_type: 'client_credentials', sub: 'agent' },
     { audit: 'oauth.refused', client_id: 'agent', error: 'invalid_client' }

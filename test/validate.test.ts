@@ -121,8 +121,11 @@ t.test('GET /validate: a cached verification never outlives exp', async t => {
   t.equal(res.json().code, 'token_expired')
 })
 
+// The limits count in one-minute windows aligned to the epoch: on the wall clock a minute turning
+// mid-test would refill them, so these tests run on an injected clock.
 t.test('GET /validate: rate limited per subject, answered 403 for forward-auth proxies', async t => {
-  const app = await build(t, testConfig(t, { rateLimits: { perSubject: { max: 2, window: '1m' }, perIp: { max: 100, window: '1m' } } }))
+  const clock = new ManualClock()
+  const app = await build(t, testConfig(t, { rateLimits: { perSubject: { max: 2, window: '1m' }, perIp: { max: 100, window: '1m' } } }), { clock: clock.fn })
   const tok = await issue(app)
   const codes = []
   for (let i = 0; i < 3; i++) codes.push((await app.inject({ method: 'GET', url: '/validate', headers: bearer(tok.access_token) })))
@@ -131,13 +134,18 @@ t.test('GET /validate: rate limited per subject, answered 403 for forward-auth p
   t.equal(limited.json().code, 'rate_limited')
   t.ok(Number(limited.headers['retry-after']) >= 1)
   t.match(limited.headers['ratelimit-policy'], /^"subject";q=2;w=60$/)
+  clock.advance(60_000)
+  t.equal((await app.inject({ method: 'GET', url: '/validate', headers: bearer(tok.access_token) })).statusCode, 200, 'the next window has room')
 })
 
 t.test('GET /validate: per-IP limit keys on the client address behind a trusted proxy', async t => {
-  const app = await build(t, testConfig(t, { server: { trustProxy: '127.0.0.1' }, rateLimits: { perIp: { max: 1, window: '1m' }, perSubject: { max: 100, window: '1m' } } }))
+  const clock = new ManualClock()
+  const app = await build(t, testConfig(t, { server: { trustProxy: '127.0.0.1' }, rateLimits: { perIp: { max: 1, window: '1m' }, perSubject: { max: 100, window: '1m' } } }), { clock: clock.fn })
   const tok = await issue(app)
   const from = (xff: string) => app.inject({ method: 'GET', url: '/validate', remoteAddress: '127.0.0.1', headers: { ...bearer(tok.access_token), 'x-forwarded-for': xff } })
   t.equal((await from('203.0.113.1')).statusCode, 200)
   t.equal((await from('203.0.113.2')).statusCode, 200, 'another client behind the same proxy has its own budget')
   t.equal((await from('203.0.113.1')).statusCode, 403, 'the first client is over its budget')
+  clock.advance(60_000)
+  t.equal((await from('203.0.113.1')).statusCode, 200, 'and has room again in the next window')
 })
