@@ -201,6 +201,7 @@ t.test('raw requests: the scope challenge, batches, bounded parsing, and no way 
 
   const noToken = await fetch(`${base}/call/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(call(1, 'echo')) })
   t.equal(noToken.status, 401)
+  t.match(noToken.headers.get('www-authenticate'), /resource_metadata="https:\/\/tollgate\.test\/\.well-known\/oauth-protected-resource\/call\/mcp"/, 'the challenge points at the MCP tool\'s RFC 9728 metadata')
 })
 
 t.test('config: mcpTools belong to MCP tools, with fixed costs for now', async t => {

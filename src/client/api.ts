@@ -228,6 +228,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/call/{tool}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An MCP server behind Tollgate (Streamable HTTP, GET)
+         * @description For a tool with `protocol: mcp`, `/call/{tool}` is the MCP server URL a client uses: POST (JSON-RPC messages; answers as JSON or SSE), GET (the server's SSE stream) and DELETE (end the session), with `Mcp-Session-Id` and `MCP-Protocol-Version` passed both ways. Every `tools/call` is checked against the tool's `mcpTools` (403 insufficient_scope with the scope needed; 404 for an MCP tool not offered) and charged at its cost (429 quota_exceeded when spent); `tools/list` answers list only the MCP tools the token's scopes allow. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         */
+        get: operations["callMcpGet"];
+        put?: never;
+        /**
+         * An MCP server behind Tollgate (Streamable HTTP, POST)
+         * @description For a tool with `protocol: mcp`, `/call/{tool}` is the MCP server URL a client uses: POST (JSON-RPC messages; answers as JSON or SSE), GET (the server's SSE stream) and DELETE (end the session), with `Mcp-Session-Id` and `MCP-Protocol-Version` passed both ways. Every `tools/call` is checked against the tool's `mcpTools` (403 insufficient_scope with the scope needed; 404 for an MCP tool not offered) and charged at its cost (429 quota_exceeded when spent); `tools/list` answers list only the MCP tools the token's scopes allow. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         */
+        post: operations["callMcpPost"];
+        /**
+         * An MCP server behind Tollgate (Streamable HTTP, DELETE)
+         * @description For a tool with `protocol: mcp`, `/call/{tool}` is the MCP server URL a client uses: POST (JSON-RPC messages; answers as JSON or SSE), GET (the server's SSE stream) and DELETE (end the session), with `Mcp-Session-Id` and `MCP-Protocol-Version` passed both ways. Every `tools/call` is checked against the tool's `mcpTools` (403 insufficient_scope with the scope needed; 404 for an MCP tool not offered) and charged at its cost (429 quota_exceeded when spent); `tools/list` answers list only the MCP tools the token's scopes allow. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         */
+        delete: operations["callMcpDelete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/call": {
         parameters: {
             query?: never;
@@ -1062,6 +1090,416 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+        };
+    };
+    callMcpGet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The configured tool name */
+                tool: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            200: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "*/*": unknown;
+                };
+            };
+            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope the tool requires (insufficient_scope) */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tool (tool_not_found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is too large (payload_too_large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description POST /call takes application/json only (unsupported_media_type) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description rate_limited or quota_exceeded */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool could not be reached (upstream_unavailable); the call is refunded */
+            502: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable (store_unavailable) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool did not answer in time (upstream_timeout); the call is refunded */
+            504: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    callMcpPost: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The configured tool name */
+                tool: string;
+            };
+            cookie?: never;
+        };
+        /** @description A JSON-RPC 2.0 message or batch */
+        requestBody: {
+            content: {
+                "application/json": unknown;
+            };
+        };
+        responses: {
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            200: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "*/*": unknown;
+                };
+            };
+            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope the tool requires (insufficient_scope) */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tool (tool_not_found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is too large (payload_too_large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description POST /call takes application/json only (unsupported_media_type) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description rate_limited or quota_exceeded */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool could not be reached (upstream_unavailable); the call is refunded */
+            502: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable (store_unavailable) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool did not answer in time (upstream_timeout); the call is refunded */
+            504: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    callMcpDelete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The configured tool name */
+                tool: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            200: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "*/*": unknown;
+                };
+            };
+            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without the tool's audience */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope the tool requires (insufficient_scope) */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such tool (tool_not_found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is too large (payload_too_large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description POST /call takes application/json only (unsupported_media_type) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description rate_limited or quota_exceeded */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool could not be reached (upstream_unavailable); the call is refunded */
+            502: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable (store_unavailable) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tool did not answer in time (upstream_timeout); the call is refunded */
+            504: {
+                headers: {
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };

@@ -263,6 +263,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       scope.route({
         method,
         url: '/call/:tool',
+        config: { protectedResource: 'tool' },
         onRequest: authenticateCall,
         preHandler,
         schema: {
