@@ -11,9 +11,11 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import t from 'tap'
 import { z } from 'zod'
+import * as oauth from 'oauth4webapi'
 import { loadConfig } from '../src/config.js'
-import { SECRET, client, issue, type TestContext } from './helper.js'
+import { CLIENT_SECRET, SECRET, build, client, issue, testConfig, type TestContext } from './helper.js'
 import { startApp } from './call-helper.js'
+import { freePort } from './support/redis.js'
 
 interface McpUpstream {
   origin: string
@@ -202,6 +204,47 @@ t.test('raw requests: the scope challenge, batches, bounded parsing, and no way 
   const noToken = await fetch(`${base}/call/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(call(1, 'echo')) })
   t.equal(noToken.status, 401)
   t.match(noToken.headers.get('www-authenticate'), /resource_metadata="https:\/\/tollgate\.test\/\.well-known\/oauth-protected-resource\/call\/mcp"/, 'the challenge points at the MCP tool\'s RFC 9728 metadata')
+})
+
+t.test('discovery from a bare 401: resource_metadata, then the authorization server metadata, then a token with resource, then the call', async t => {
+  // The MCP SDK's own OAuth flow insists on an authorization_endpoint, which RFC 8414 §2 makes
+  // optional for a server without the authorization-code grant (Tollgate has none): the discovery
+  // is done with oauth4webapi, an independent OAuth client, and the call with the SDK's client.
+  const up = await startMcpServer(t, false)
+  // The issuer must be reachable for discovery: the gateway's own address.
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const app = await build(t, testConfig(t, {
+    issuer: base,
+    tools: [{ name: 'mcp', url: `${up.origin}/mcp`, audience: 'tool:mcp', scopes: ['tools:call'], protocol: 'mcp', mcpTools: MCP_TOOLS }],
+    clients: [client('agent', { audiences: ['tool:mcp', 'tool:other'], quota: { limit: 100, window: '1h' } })]
+  }))
+  await app.listen({ port, host: '127.0.0.1' })
+  const serverUrl = new URL(`${base}/call/mcp`)
+  const insecure = { [oauth.allowInsecureRequests]: true }
+
+  const bare = await fetch(serverUrl, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}' })
+  t.equal(bare.status, 401, 'a bare request is refused')
+  const metadataUrl = /resource_metadata="([^"]+)"/.exec(bare.headers.get('www-authenticate') ?? '')?.[1]
+  t.equal(metadataUrl, `${base}/.well-known/oauth-protected-resource/call/mcp`, 'and names the tool\'s metadata')
+
+  // RFC 9728 §3: the client derives the same URL from the resource identifier and checks `resource`.
+  const rs = await oauth.processResourceDiscoveryResponse(serverUrl, await oauth.resourceDiscoveryRequest(serverUrl, insecure))
+  t.equal(rs.resource, serverUrl.href)
+  const issuer = new URL(rs.authorization_servers?.[0] as string)
+  const as = await oauth.processDiscoveryResponse(issuer, await oauth.discoveryRequest(issuer, { algorithm: 'oauth2', ...insecure }))
+  t.equal(as.token_endpoint, `${base}/token`, 'the authorization server metadata names the token endpoint')
+
+  const response = await oauth.clientCredentialsGrantRequest(as, { client_id: 'agent' }, oauth.ClientSecretBasic(CLIENT_SECRET),
+    { scope: 'tools:call', resource: rs.resource }, insecure)
+  const token = (await oauth.processClientCredentialsResponse(as, { client_id: 'agent' }, response)).access_token
+  const claims = JSON.parse(Buffer.from(token.split('.')[1] as string, 'base64url').toString()) as { aud: unknown }
+  t.same([claims.aud].flat(), ['tool:mcp'], 'the token asked for the tool\'s resource URI carries its audience only')
+
+  const mcp = await connect(t, base, token)
+  const answer = await mcp.callTool({ name: 'echo', arguments: { text: 'found my way' } })
+  t.same(answer.content, [{ type: 'text', text: 'found my way' }], 'and the call succeeds with it')
+  t.same(up.calls, ['echo'])
 })
 
 t.test('config: mcpTools belong to MCP tools, with fixed costs for now', async t => {
