@@ -13,6 +13,8 @@ import t from 'tap'
 import { z } from 'zod'
 import * as oauth from 'oauth4webapi'
 import { loadConfig } from '../src/config.js'
+import { MAX_FILTERED_BYTES, listFilterFor, planRequest } from '../src/mcp/rpc.js'
+import { ToolRegistry, type Tool } from '../src/tools/index.js'
 import { CLIENT_SECRET, SECRET, build, client, issue, testConfig, type TestContext } from './helper.js'
 import { startApp } from './call-helper.js'
 import { freePort } from './support/redis.js'
@@ -254,4 +256,53 @@ t.test('config: mcpTools belong to MCP tools, with fixed costs for now', async t
   t.throws(() => config({ protocol: 'mcp', websocket: true }), /config: tools\.0\.websocket/)
   t.throws(() => config({ protocol: 'mcp', mcpTools: { echo: { costExpr: 'size(args)' } } }), /config: tools\.0\.mcpTools\.echo\.costExpr/)
   t.throws(() => config({ protocol: 'grpc' }), /config: tools\.0\.protocol/)
+})
+
+t.test('the tools/list filters: split chunks, CRLF events, batches, and bounds', async t => {
+  const tool = [...new ToolRegistry([{ name: 'm', url: 'http://127.0.0.1:9/mcp', audience: 'tool:m', scopes: [], cost: 1, timeout: 1, refundOnFailure: true, websocket: false, protocol: 'mcp', mcpTools: { echo: { scopes: ['a'] }, admin: { scopes: ['b'] } } }])][0] as Tool
+  const scopes = new Set(['a'])
+  const list = { jsonrpc: '2.0', id: 7, result: { tools: [{ name: 'echo' }, { name: 'admin' }, { name: 'other' }], nextCursor: 'c' } }
+  const filtered = { jsonrpc: '2.0', id: 7, result: { tools: [{ name: 'echo' }], nextCursor: 'c' } }
+
+  // SSE: an event split anywhere, CRLF line ends, an id field kept, other events byte for byte.
+  const progress = 'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\r\n\r\n'
+  const answer = `id: 42\r\nevent: message\r\ndata: ${JSON.stringify(list)}\r\n\r\n`
+  const stream = Buffer.from(progress + answer)
+  for (const cut of [1, 17, progress.length, progress.length + 9, stream.length - 1]) {
+    const sse = listFilterFor('text/event-stream; charset=utf-8', tool, scopes, new Set([7])) as NonNullable<ReturnType<typeof listFilterFor>>
+    const first = sse.push(stream.subarray(0, cut))
+    const parts = [first, sse.push(stream.subarray(cut)), sse.end()].filter(b => b !== undefined).map(b => (b as Buffer).toString())
+    const out = parts.join('')
+    t.ok(out.startsWith(progress), `cut at ${cut}: the progress event unchanged`)
+    if (cut >= progress.length) t.equal(first?.toString(), progress, `cut at ${cut}: a complete event is sent at once, before the rest arrives`)
+    const data = /data: (.*)/.exec(out.slice(progress.length))?.[1] as string
+    t.same(JSON.parse(data), filtered, `cut at ${cut}: the list answer filtered`)
+    t.match(out.slice(progress.length), /^id: 42\nevent: message\n/, 'its other fields kept')
+  }
+  // A multi-byte character split between chunks survives.
+  const accented = Buffer.from(`data: ${JSON.stringify({ ...list, result: { tools: [{ name: 'echo', description: 'é' }] } })}\n\n`)
+  const sse = listFilterFor('text/event-stream', tool, scopes, new Set([7])) as NonNullable<ReturnType<typeof listFilterFor>>
+  const at = accented.indexOf(Buffer.from('é')) + 1
+  const out = [sse.push(accented.subarray(0, at)), sse.push(accented.subarray(at)), sse.end()].filter(b => b !== undefined).map(b => (b as Buffer).toString()).join('')
+  t.match(out, /"description":"é"/)
+
+  // JSON: a batch answer, only the listed id filtered.
+  const json = listFilterFor('application/json', tool, scopes, new Set([7])) as NonNullable<ReturnType<typeof listFilterFor>>
+  const other = { jsonrpc: '2.0', id: 8, result: { tools: [{ name: 'admin' }] } }
+  t.equal(json.push(Buffer.from(JSON.stringify([list, other]))), undefined, 'a JSON answer is held until its end')
+  t.same(JSON.parse((json.end() as Buffer).toString()), [filtered, other], 'only the tools/list answer asked for is cut')
+  t.equal(listFilterFor('application/json', tool, scopes, new Set()), undefined, 'no tools/list asked: relayed untouched')
+  t.equal(listFilterFor('text/plain', tool, scopes, new Set([7])), undefined)
+
+  const broken = listFilterFor('application/json', tool, scopes, new Set([7])) as NonNullable<ReturnType<typeof listFilterFor>>
+  broken.push(Buffer.from('{"jsonrpc":'))
+  t.throws(() => broken.end(), /not JSON/, 'an unreadable tools/list answer fails instead of going out unfiltered')
+  const huge = listFilterFor('application/json', tool, scopes, new Set([7])) as NonNullable<ReturnType<typeof listFilterFor>>
+  t.throws(() => huge.push(Buffer.alloc(MAX_FILTERED_BYTES + 1)), /over/, 'held bytes are bounded')
+
+  // planRequest: costs add up over a batch; other methods are free.
+  const costly = [...new ToolRegistry([{ name: 'm', url: 'http://127.0.0.1:9/mcp', audience: 'tool:m', scopes: [], cost: 1, timeout: 1, refundOnFailure: true, websocket: false, protocol: 'mcp', mcpTools: { echo: { cost: 2 }, '*': { cost: 3 } } }])][0] as Tool
+  const call = (name: string): unknown => ({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name } })
+  t.equal(planRequest(costly, scopes, [call('echo'), call('anything'), { jsonrpc: '2.0', method: 'notifications/initialized' }]).cost, 5, 'echo 2 + "*" 3; a notification 0')
+  t.same([...planRequest(costly, scopes, [{ jsonrpc: '2.0', id: 'x', method: 'tools/list' }]).listIds], ['x'])
 })
