@@ -6,7 +6,6 @@
 // quota, refresh and revocation across replicas stay short.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
@@ -256,36 +255,6 @@ export async function startCluster (t: Skippable, options: ClusterOptions = {}):
 /** The JWS header of a compact token (to read its kid). */
 export function jwsHeader (token: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[0] ?? '', 'base64url').toString('utf8'))
-}
-
-export interface Upstream {
-  url: string
-  /** Requests seen so far, in arrival order. */
-  calls: Array<{ method: string, url: string, headers: IncomingMessage['headers'], body: string }>
-}
-
-/**
- * A real upstream tool on a free port: answers 200 with a JSON echo, or what `handler` writes.
- * For /call tests across replicas (e.g. count how many of 60 parallel calls got through).
- */
-export async function startUpstream (t: TestContext, handler?: (req: IncomingMessage, res: ServerResponse, body: string) => void): Promise<Upstream> {
-  const calls: Upstream['calls'] = []
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks).toString('utf8')
-      calls.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
-      if (handler !== undefined) return handler(req, res, body)
-      res.writeHead(200, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ ok: true, method: req.method, url: req.url }))
-    })
-  })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { await new Promise(resolve => { server.closeAllConnections(); server.close(resolve) }) })
-  const address = server.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
-  return { url: `http://127.0.0.1:${port}`, calls }
 }
 
 export { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET }
