@@ -12,7 +12,7 @@ import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, tempDir, testConfig, type TestContext } from './helper.js'
 import { jsonLines } from './support/logs.js'
-import { ROOT, ensureBuilt } from './support/cluster.js'
+import { ROOT, ensureBuilt } from './support/process.js'
 import { tollgateInProcess } from './support/command.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
