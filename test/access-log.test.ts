@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { tempDir } from './helper.js'
+import { jsonLines } from './support/logs.js'
 import { startGateway } from './support/process.js'
 
 const N = 300
@@ -21,8 +22,7 @@ async function burst (url: string, prefix: string): Promise<void> {
 }
 
 function accessLines (output: string, prefix: string): any[] {
-  return output.split('\n').filter(l => l.startsWith('{')).map(l => JSON.parse(l))
-    .filter(l => l.msg === 'request' && typeof l.reqId === 'string' && l.reqId.startsWith(`${prefix}-`))
+  return jsonLines(output).filter(l => l.msg === 'request' && typeof l.reqId === 'string' && l.reqId.startsWith(`${prefix}-`))
 }
 
 t.test('no access line is lost on SIGTERM', async t => {

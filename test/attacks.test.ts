@@ -3,13 +3,12 @@
 // signing key, so the only thing wrong with it is the attack: remove the defence and the test fails.
 // A control token crafted the same way must pass, which proves the crafting is right.
 import { createHmac, generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { startUpstream, type Upstream } from './call-helper.js'
+import { startUpstream, type Upstream } from './support/upstream.js'
 import { FORM, basic, build, client, form, testConfig, type TestContext } from './helper.js'
 import { lowS } from './support/sign.js'
+import { startIdp } from './support/idp.js'
 
 const b64 = (value: unknown): string => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
 
@@ -366,11 +365,8 @@ async function idp (t: TestContext): Promise<{ jwksUri: string, keys: Record<str
     ed: { kid: 'idp-ed', alg: 'EdDSA', ...ed }
   }
   // No `alg` member on the JWKs: only the issuer's allowlist stands between a key and an algorithm.
-  const jwks = JSON.stringify({ keys: Object.values(keys).map(k => ({ ...k.publicKey.export({ format: 'jwk' }), kid: k.kid, use: 'sig' })) })
-  const server = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end(jwks) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
-  return { jwksUri: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`, keys }
+  const { jwksUri } = await startIdp(t, { keys: Object.values(keys).map(k => ({ ...k.publicKey.export({ format: 'jwk' }), kid: k.kid, use: 'sig' })) })
+  return { jwksUri, keys }
 }
 
 /** Signs with node:crypto for any algorithm name, whatever the key really is meant for. */

@@ -4,7 +4,8 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { duplicateKey } from '../src/json/duplicate-keys.js'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { issue } from './helper.js'
 
 t.test('duplicateKey finds a repeated name at any depth, after unescaping, and nothing else', async t => {

@@ -1,54 +1,12 @@
-// Test fixtures for /call: a real upstream HTTP server on a free port that records what it saw,
-// an app listening on a free port with tools pointing at it, and a raw-socket client for paths no
-// HTTP client would send as written.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { connect, type AddressInfo, type Socket } from 'node:net'
+// Test fixtures for /call: an app listening on a free port with tools pointing at an upstream
+// (support/upstream.ts), and a raw-socket client for paths no HTTP client would send as written.
+import { connect, type AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { build, testConfig, type TestContext } from './helper.js'
+import type { Upstream } from './support/upstream.js'
 
-export interface Seen {
-  method: string
-  url: string
-  headers: IncomingMessage['headers']
-  body: Buffer
-}
-
-export interface Upstream {
-  server: Server
-  port: number
-  origin: string
-  seen: Seen[]
-  /** Handlers by exact path (without query); the default answers 200 with what it saw. */
-  routes: Map<string, (req: IncomingMessage, res: ServerResponse, body: Buffer) => void>
-}
-
-export async function startUpstream (t: TestContext): Promise<Upstream> {
-  const sockets = new Set<Socket>()
-  const routes: Upstream['routes'] = new Map()
-  const seen: Seen[] = []
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks)
-      seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
-      const handler = routes.get((req.url ?? '').split('?')[0] ?? '')
-      if (handler !== undefined) { handler(req, res, body); return }
-      res.setHeader('content-type', 'application/json')
-      res.setHeader('connection', 'x-upstream-private')
-      res.setHeader('x-upstream-private', 'hop')
-      res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: body.toString('utf8') }))
-    })
-  })
-  server.on('connection', s => { sockets.add(s); s.on('close', () => sockets.delete(s)) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const s of sockets) s.destroy()
-    await new Promise(resolve => server.close(resolve))
-  })
-  const port = (server.address() as AddressInfo).port
-  return { server, port, origin: `http://127.0.0.1:${port}`, seen, routes }
-}
+// The upstream lives in support/upstream.ts; re-exported for files that still import it from here.
+export { startUpstream, type Seen, type Upstream } from './support/upstream.js'
 
 export interface ToolSpec {
   name: string

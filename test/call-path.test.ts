@@ -4,7 +4,8 @@ import t from 'tap'
 import { checkRest, upstreamPath } from '../src/proxy/path.js'
 import { ToolRegistry } from '../src/tools/index.js'
 import { issue } from './helper.js'
-import { rawRequest, startApp, startUpstream } from './call-helper.js'
+import { rawRequest, startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 
 const ATTEMPTS = [
   '/call/chat/../secret',

@@ -1,12 +1,14 @@
 // /call: the pipeline's checks in the contract's order, what the upstream receives, upstream
 // failures, streaming, rate limits and the audit line. Real upstream servers on free ports.
 import { request as httpRequest } from 'node:http'
-import { Readable, Writable } from 'node:stream'
+import { Readable } from 'node:stream'
 import { createRemoteJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { ManualClock, client, issue } from './helper.js'
-import { rawRequest, startApp, startUpstream } from './call-helper.js'
+import { rawRequest, startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
+import { captureLog } from './support/logs.js'
 import { freePort } from './support/redis.js'
 
 const CALL = { 'content-type': 'application/json' }
@@ -374,11 +376,10 @@ t.test('a trusted proxy\'s X-Forwarded-For chain is extended and keys the per-IP
 
 t.test('refused calls get an audit line without the token; metrics count calls and refusals', async t => {
   const up = await startUpstream(t)
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
   const { testConfig, build } = await import('./helper.js')
   const config = testConfig(t, { tools: [{ name: 'chat', url: `${up.origin}/chat`, audience: 'tool:chat', scopes: ['tools:admin'] }] })
-  const app = await build(t, config, { logger: { level: 'info', stream } })
+  const { logger, lines } = captureLog(config, 'info')
+  const app = await build(t, config, { loggerInstance: logger })
   const tok = (await issue(app)).access_token as string
   const res = await app.inject(post(tok, { tool: 'chat' }))
   t.equal(res.statusCode, 403)

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET_HASH, FORM, basic, build, form, tempDir, testConfig } from './helper.js'
-import { ROOT, ensureBuilt } from './support/cluster.js'
+import { ROOT, ensureBuilt } from './support/process.js'
 import { tollgateInProcess } from './support/command.js'
 import { freePort } from './support/redis.js'
 

@@ -14,9 +14,9 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { createTollgateClient, TollgateFamilyRevokedError, type TollgateClient } from '../src/client/index.js'
-import { startUpstream } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { CLIENT_SECRET, FORM, basic, client, form, tempDir, testConfig, type TestContext } from './helper.js'
-import { ROOT, ensureBuilt } from './support/cluster.js'
+import { ROOT, ensureBuilt } from './support/process.js'
 import { tollgateInProcess } from './support/command.js'
 
 const run = promisify(execFile)

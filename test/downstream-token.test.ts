@@ -4,8 +4,9 @@
 // upstream over HTTP; the token is the one the upstream actually received.
 import { decodeJwt } from 'jose'
 import t from 'tap'
-import { startApp, startUpstream } from './call-helper.js'
-import { basic, issue } from './helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
+import { FORM, basic, issue } from './helper.js'
 
 const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
 const ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
@@ -39,7 +40,7 @@ t.test('a downstream token carries only the tool\'s scopes and is refused by eve
     t.equal(res.json().code, 'invalid_token')
   }
   t.equal(up.seen.length, 1, 'the replayed call reached no tool')
-  const form = { authorization: basic('agent'), 'content-type': 'application/x-www-form-urlencoded' }
+  const form = { authorization: basic('agent'), ...FORM }
   const introspected = await app.inject({ method: 'POST', url: '/validate', headers: form, payload: new URLSearchParams({ token: downstream }).toString() })
   t.same(introspected.json(), { active: false }, 'introspection: inactive')
   const exchanged = await app.inject({ method: 'POST', url: '/token', headers: { ...form, authorization: basic('exchanger') }, payload: new URLSearchParams({ grant_type: EXCHANGE, subject_token: downstream, subject_token_type: ACCESS }).toString() })

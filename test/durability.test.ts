@@ -3,14 +3,12 @@
 // every rotated refresh token stays dead, every revocation holds, every call answered 200 was charged.
 import { once } from 'node:events'
 import { writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
-import { CLIENT_SECRET_HASH, SECRET, basic, tempDir } from './helper.js'
+import { CLIENT_SECRET_HASH, FORM, SECRET, basic, tempDir } from './helper.js'
 import { startGateway, type Gateway } from './support/process.js'
-
-const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
+import { json, startUpstream } from './support/upstream.js'
 
 async function post (gw: Gateway, path: string, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<{ status: number, body: any }> {
   const res = await fetch(`${gw.url}${path}`, { method: 'POST', headers: { authorization: basic('agent'), ...FORM, ...headers }, body: new URLSearchParams(fields) })
@@ -22,11 +20,8 @@ async function post (gw: Gateway, path: string, fields: Record<string, string>, 
 
 t.test('answers given before a kill -9 hold after the restart', async t => {
   const dir = tempDir(t)
-  const upstream: Server = createServer((req, res) => { req.resume(); req.on('end', () => { res.setHeader('content-type', 'application/json'); res.end('{"ok":true}') }) })
-  upstream.listen(0, '127.0.0.1')
-  await once(upstream, 'listening')
-  t.teardown(() => { upstream.closeAllConnections(); upstream.close() })
-  const upstreamPort = (upstream.address() as { port: number }).port
+  const upstream = await startUpstream(t, { handler: json({ ok: true }) })
+  const upstreamPort = upstream.port
 
   const file = join(dir, 'tollgate.yaml')
   writeFileSync(file, stringify({

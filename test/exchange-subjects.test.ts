@@ -1,14 +1,14 @@
 // Exchanged subjects are namespaced by their issuer (issue 15, item 6): users of two trusted
 // issuers with the same `sub`, and an IdP user whose `sub` is a Tollgate client id, are distinct
 // principals with their own X-Auth-Subject and their own quota counters.
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey } from 'jose'
 import t from 'tap'
 import { externalSubject } from '../src/oauth/exchange.js'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { FORM, basic, client, form, issue, type TestContext } from './helper.js'
 import { claimsOf } from './lifecycle-helper.js'
+import { startIdp } from './support/idp.js'
 
 const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
 const ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
@@ -16,18 +16,13 @@ const CALL = { 'content-type': 'application/json' }
 
 interface Idp { issuer: string, jwksUri: string, sign: (sub: string) => Promise<string> }
 
-/** An identity provider: a key pair, and its JWKS served on a free port. */
-async function startIdp (t: TestContext, issuer: string): Promise<Idp> {
+/** An identity provider: a key pair, and its JWKS served on a free port (support/idp.ts). */
+async function startIssuer (t: TestContext, issuer: string): Promise<Idp> {
   const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
   const jwk = { ...await exportJWK(publicKey), kid: 'k1', use: 'sig' }
-  const server = createServer((_req, res) => {
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300' }).end(JSON.stringify({ keys: [jwk] }))
-  })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
-  const port = (server.address() as AddressInfo).port
+  const { jwksUri } = await startIdp(t, { keys: [jwk], cacheControl: 'max-age=300' })
   const sign = async (sub: string): Promise<string> => await signAs(privateKey, issuer, sub)
-  return { issuer, jwksUri: `http://127.0.0.1:${port}/jwks`, sign }
+  return { issuer, jwksUri, sign }
 }
 
 async function signAs (key: CryptoKey, issuer: string, sub: string): Promise<string> {
@@ -37,8 +32,8 @@ async function signAs (key: CryptoKey, issuer: string, sub: string): Promise<str
 }
 
 async function setup (t: TestContext): Promise<{ app: any, idpA: Idp, idpB: Idp, seen: Array<{ headers: Record<string, unknown> }> }> {
-  const idpA = await startIdp(t, 'https://idp-a.test')
-  const idpB = await startIdp(t, 'https://idp-b.test/tenant')
+  const idpA = await startIssuer(t, 'https://idp-a.test')
+  const idpB = await startIssuer(t, 'https://idp-b.test/tenant')
   const up = await startUpstream(t)
   const { app } = await startApp(t, up, [{ name: 'chat' }], {
     rateLimits: { token: { max: 10_000, window: '1m' } },

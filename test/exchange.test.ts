@@ -1,8 +1,8 @@
-import { createServer, type Server } from 'node:http'
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose'
 import t from 'tap'
 import { FORM, ManualClock, basic, build, client, form, issue } from './helper.js'
 import { advance, claimsOf, forwardAuth, lifecycleConfig, revoke } from './lifecycle-helper.js'
+import { startIdp, type Idp } from './support/idp.js'
 
 const IDP = 'https://idp.test'
 const ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
@@ -13,38 +13,6 @@ interface SigningKey { kid: string, alg: string, privateKey: CryptoKey, jwk: JWK
 async function signingKey (kid: string, alg: 'ES256' | 'RS256' | 'ES384' = 'ES256'): Promise<SigningKey> {
   const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true })
   return { kid, alg, privateKey, jwk: { ...await exportJWK(publicKey), kid, use: 'sig' } }
-}
-
-/** A stand-in identity provider: serves its JWKS on a free port, can fail or go away on demand. */
-class Idp {
-  server: Server | undefined
-  keys: JWK[] = []
-  status = 200
-  cacheControl = 'public, max-age=300'
-  hits = 0
-  port = 0
-
-  get jwksUri (): string { return `http://127.0.0.1:${this.port}/jwks` }
-
-  async start (t: { teardown: (fn: () => unknown) => void }): Promise<this> {
-    this.server = createServer((req, res) => {
-      this.hits++
-      if (this.status !== 200) { res.writeHead(this.status).end('down'); return }
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': this.cacheControl }).end(JSON.stringify({ keys: this.keys }))
-    })
-    await new Promise<void>(resolve => this.server?.listen(0, '127.0.0.1', resolve))
-    this.port = (this.server.address() as { port: number }).port
-    t.teardown(() => this.stop())
-    return this
-  }
-
-  async stop (): Promise<void> {
-    const server = this.server
-    if (server === undefined) return
-    this.server = undefined
-    server.closeAllConnections()
-    await new Promise(resolve => server.close(resolve))
-  }
 }
 
 /** A "real IdP" style token: typ JWT, no client_id, no jti. */
@@ -66,7 +34,7 @@ async function rawToken (key: SigningKey, clock: ManualClock, header: Record<str
 
 async function setup (t: any, options: { issuers?: Array<Record<string, unknown>>, idp?: Idp } = {}): Promise<{ app: any, clock: ManualClock, idp: Idp, key: SigningKey }> {
   const clock = new ManualClock()
-  const idp = options.idp ?? await new Idp().start(t)
+  const idp = options.idp ?? await startIdp(t, { cacheControl: 'public, max-age=300' })
   const key = await signingKey('idp-key-1')
   idp.keys = [key.jwk]
   const config = lifecycleConfig(t, {
@@ -188,7 +156,7 @@ t.test('exchange errors', async t => {
 })
 
 t.test('the issuer\'s algorithm allowlist is enforced', async t => {
-  const idp = await new Idp().start(t)
+  const idp = await startIdp(t, { cacheControl: 'public, max-age=300' })
   const { app, clock, key } = await setup(t, { idp, issuers: [{ issuer: IDP, jwksUri: idp.jwksUri, audiences: ['tollgate'], algorithms: ['RS256'] }] })
   const res = await exchange(app, { subject_token: await idpToken(key, clock) })
   t.equal(res.statusCode, 400)
@@ -196,7 +164,7 @@ t.test('the issuer\'s algorithm allowlist is enforced', async t => {
 })
 
 t.test('JWKS outage with nothing cached: 503 temporarily_unavailable, then recovery', async t => {
-  const idp = await new Idp().start(t)
+  const idp = await startIdp(t, { cacheControl: 'public, max-age=300' })
   idp.status = 500
   const { app, clock, key } = await setup(t, { idp })
   const subject = await idpToken(key, clock)

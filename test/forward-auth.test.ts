@@ -3,14 +3,13 @@
 // exactly one access-log line and one metric count.
 import { request as httpRequest } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
-import pino from 'pino'
 import t from 'tap'
-import { buildApp, loggerOptions } from '../src/app.js'
+import { buildApp } from '../src/app.js'
 import type { Config } from '../src/config.js'
 import { revoke } from './lifecycle-helper.js'
 import { ManualClock, issue, testConfig, type TestContext } from './helper.js'
+import { captureLog } from './support/logs.js'
 
 interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: string }
 
@@ -35,10 +34,9 @@ interface Gateway {
 }
 
 async function gateway (t: TestContext, config: Config, clock?: () => number): Promise<Gateway> {
-  const lines: any[] = []
-  const sink = new Writable({ write (chunk, _enc, done) { lines.push(JSON.parse(String(chunk))); done() } })
+  const { logger, parsed: lines } = captureLog(config, 'info')
   const app = await buildApp(config, {
-    loggerInstance: pino({ ...(loggerOptions({ ...config, logLevel: 'info' } as Config) as object), level: 'info' }, sink) as any,
+    loggerInstance: logger,
     ...(clock !== undefined ? { clock } : {})
   })
   t.teardown(() => app.close())

@@ -5,7 +5,8 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { request } from 'undici'
-import { rawRequest, startApp, startUpstream } from './call-helper.js'
+import { rawRequest, startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { ManualClock, client, issue } from './helper.js'
 import { advance } from './lifecycle-helper.js'
 

@@ -9,7 +9,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import openapiTS, { astToString } from 'openapi-typescript'
 import t from 'tap'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { CLIENT_SECRET, type TestContext } from './helper.js'
 
 const run = promisify(execFile)

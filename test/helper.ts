@@ -1,17 +1,16 @@
 // Test helpers: a fresh app per test on its own temporary data directory (the real SQLite file),
-// closed in teardown; an injectable clock; and shortcuts for the common requests.
+// closed in teardown; an injectable clock; and shortcuts for the common requests. The shared
+// fixtures live in support/ (credentials, upstream, idp, process, logs, cluster, redis).
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { buildApp, type BuildOptions } from '../src/app.js'
-import { hashSecret } from '../src/clients/index.js'
 import { loadConfig, type Config } from '../src/config.js'
+import { CLIENT_SECRET_HASH, SECRET, basic } from './support/credentials.js'
 
-export const SECRET = 'test-secret-test-secret-test-secret-0123'
-export const CLIENT_SECRET = 'agent-secret-0123456789'
-// One hash for every test (scrypt is deliberately slow).
-export const CLIENT_SECRET_HASH = hashSecret(CLIENT_SECRET)
+// The credentials live in support/credentials.ts; re-exported so every test imports them from here.
+export { CLIENT_SECRET, CLIENT_SECRET_HASH, FORM, SECRET, basic, form } from './support/credentials.js'
 
 export interface TestContext {
   teardown: (fn: () => unknown) => void
@@ -58,10 +57,6 @@ export async function build (t: TestContext, config?: Config, options: BuildOpti
   return app
 }
 
-export function basic (id: string, secret = CLIENT_SECRET): string {
-  return 'Basic ' + Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')
-}
-
 export async function issue (app: FastifyInstance, fields: Record<string, string> = {}, id = 'agent'): Promise<any> {
   const res = await app.inject({
     method: 'POST',
@@ -72,9 +67,3 @@ export async function issue (app: FastifyInstance, fields: Record<string, string
   if (res.statusCode !== 200) throw new Error(`token request failed: ${res.statusCode} ${res.body}`)
   return res.json()
 }
-
-export function form (fields: Record<string, string>): string {
-  return new URLSearchParams(fields).toString()
-}
-
-export const FORM = { 'content-type': 'application/x-www-form-urlencoded' }

@@ -3,8 +3,6 @@
 // never a 500. Tokens are issued by the real app (real SQLite file, real keys) or crafted with its
 // real signing key, so the only thing wrong with each is the case under test.
 import { createHash, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { createSigner, createVerifier, TOKEN_ERROR_CODES, TokenError } from 'fast-jwt'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
@@ -12,6 +10,7 @@ import { refusal, verifyWith } from '../src/tokens/jwt.js'
 import { P256_HALF_ORDER, TokenRefused } from '../src/tokens/precheck.js'
 import { FORM, basic, build, client, form, issue, testConfig, type TestContext } from './helper.js'
 import { highS, lowS } from './support/sign.js'
+import { startIdp } from './support/idp.js'
 
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
 
@@ -146,18 +145,13 @@ t.test('each kind of fast-jwt error, thrown by the library itself, becomes a Tok
 async function idp (t: TestContext): Promise<{ jwksUri: string, token: (claims: Record<string, unknown>, header?: Record<string, unknown>) => string }> {
   const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' })
   const kid = createHash('sha256').update('idp').digest('base64url').slice(0, 16)
-  const server = createServer((_req, res) => {
-    res.writeHead(200, { 'content-type': 'application/json' })
-    res.end(JSON.stringify({ keys: [{ ...pair.publicKey.export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' }] }))
-  })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => server.close())
+  const { jwksUri } = await startIdp(t, { keys: [{ ...pair.publicKey.export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' }] })
   const token = (claims: Record<string, unknown>, header: Record<string, unknown> = {}): string => {
     const input = `${b64({ alg: 'ES256', kid, typ: 'JWT', ...header })}.${b64(claims)}`
     // Not normalised: identity providers write either half of s, and both are accepted from them.
     return `${input}.${sign('sha256', Buffer.from(input), { key: pair.privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
   }
-  return { jwksUri: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`, token }
+  return { jwksUri, token }
 }
 
 t.test('library errors on a subject token: 400 invalid_request, never 500', async t => {

@@ -11,7 +11,8 @@ import { stringify } from 'yaml'
 import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, tempDir, testConfig, type TestContext } from './helper.js'
-import { ROOT, ensureBuilt } from './support/cluster.js'
+import { jsonLines } from './support/logs.js'
+import { ROOT, ensureBuilt } from './support/process.js'
 import { tollgateInProcess } from './support/command.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
@@ -42,7 +43,7 @@ async function cli (args: string[]): Promise<{ status: number | null, stdout: st
 }
 
 function auditLines (stderr: string): Array<Record<string, any>> {
-  return stderr.split('\n').filter(l => l.startsWith('{')).map(l => JSON.parse(l))
+  return jsonLines(stderr)
 }
 
 async function validateStatus (app: FastifyInstance, token: string): Promise<number> {

@@ -5,7 +5,6 @@
 // key does not validate. Run on the real SQLite file and on real Redis.
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import Database from 'better-sqlite3'
 import { Redis } from 'ioredis'
 import { SignJWT, importJWK } from 'jose'
@@ -16,6 +15,7 @@ import type { KeyRecord, Store } from '../src/store/index.js'
 import { RedisStore } from '../src/store/redis.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { FORM, ManualClock, SECRET, basic, build, form, issue, tempDir, testConfig, type TestContext } from './helper.js'
+import { captureLog } from './support/logs.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
 type Tamper = (record: KeyRecord) => KeyRecord
@@ -92,12 +92,6 @@ async function forge (kid: string): Promise<string> {
     .sign(await importJWK(attacker.privateJwk, 'ES256'))
 }
 
-function captureLogs (): { stream: Writable, lines: string[] } {
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk, _enc, done) { lines.push(...String(chunk).split('\n').filter(Boolean)); done() } })
-  return { stream, lines }
-}
-
 async function suite (t: Test, open: (t: TestContext) => Promise<Backend>): Promise<void> {
   t.test('intact records load: the published key and the signing key come from the private half', async t => {
     const { store } = await open(t)
@@ -127,8 +121,8 @@ async function suite (t: Test, open: (t: TestContext) => Promise<Backend>): Prom
       const storedBefore = (await backend.store.listKeys()).find(r => r.kid === victim) as KeyRecord
       await backend.tamper(victim, change)
 
-      const { stream, lines } = captureLogs()
-      const app = await build(t, config, { store: backend.store, logger: { level: 'info', stream } })
+      const { logger, lines } = captureLog(config, 'info')
+      const app = await build(t, config, { store: backend.store, loggerInstance: logger })
       const tamperedKid = name === 'a changed kid' ? attacker.thumbprint : victim
 
       t.same(app.keys.refused(), [tamperedKid], 'the record is refused')

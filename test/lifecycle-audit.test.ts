@@ -1,16 +1,14 @@
-import { Writable } from 'node:stream'
 import t from 'tap'
-import { loggerOptions } from '../src/app.js'
 import { FORM, basic, build, client, form, issue } from './helper.js'
 import { lifecycleConfig, refresh, revoke } from './lifecycle-helper.js'
+import { captureLog } from './support/logs.js'
 
 t.test('lifecycle events are audited with ids only, never a token', async t => {
-  const lines: any[] = []
-  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb() } })
   const config = lifecycleConfig(t, {
     clients: [client('agent', { refresh: true }), client('exchanger', { exchange: true })]
   })
-  const app = await build(t, config, { logger: { ...loggerOptions(config) as object, level: 'info', stream } })
+  const { logger, parsed: lines } = captureLog(config, 'info')
+  const app = await build(t, config, { loggerInstance: logger })
 
   const first = await issue(app)
   const second = await refresh(app, first.refresh_token)

@@ -6,21 +6,20 @@
 // a hash and from an env var), the presented wrong secrets, Basic credentials, access tokens and their
 // signature segments, refresh tokens, downstream tokens, subject tokens, the static tool secret,
 // TOLLGATE_SECRET and the private key material. The same flow runs against an in-process app
-// (pino writing to a capture stream) and a real gateway process at TOLLGATE_LOG_LEVEL=debug.
+// (its logger writing into memory: support/logs.ts) and a real gateway process at TOLLGATE_LOG_LEVEL=debug.
 import { generateKeyPairSync, sign } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import Database from 'better-sqlite3'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { loadConfig } from '../src/config.js'
 import { decryptPrivateKey, deriveKek } from '../src/keys/material.js'
-import { startUpstream, type Upstream } from './call-helper.js'
-import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, tempDir, type TestContext } from './helper.js'
+import { startUpstream, type Upstream } from './support/upstream.js'
+import { CLIENT_SECRET, CLIENT_SECRET_HASH, FORM, SECRET, basic, form, tempDir, type TestContext } from './helper.js'
 import { startGateway } from './support/process.js'
+import { captureLog } from './support/logs.js'
+import { startIdp } from './support/idp.js'
 
 const IDP = 'https://idp.test'
 const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
@@ -34,24 +33,18 @@ interface Answer { status: number, body: string, json: () => any }
 type Send = (method: string, url: string, headers?: Record<string, string>, body?: string) => Promise<Answer>
 
 const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url')
-const basicAuth = (id: string, secret: string): string => 'Basic ' + Buffer.from(`${id}:${secret}`).toString('base64')
-const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
-const formBody = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
 
 /** Everything a test run needs besides the gateway: a tool upstream and a trusted issuer. */
 async function dependencies (t: TestContext): Promise<{ upstream: Upstream, jwksUri: string, idpToken: (jti: string) => string }> {
   const upstream = await startUpstream(t)
   const idpKey = generateKeyPairSync('ec', { namedCurve: 'P-256' })
-  const jwks = JSON.stringify({ keys: [{ ...idpKey.publicKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig', alg: 'ES256' }] })
-  const server = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end(jwks) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
+  const { jwksUri } = await startIdp(t, { keys: [{ ...idpKey.publicKey.export({ format: 'jwk' }), kid: 'idp-1', use: 'sig', alg: 'ES256' }] })
   const idpToken = (jti: string): string => {
     const now = Math.floor(Date.now() / 1000)
     const input = `${b64({ alg: 'ES256', kid: 'idp-1', typ: 'JWT' })}.${b64({ iss: IDP, sub: 'user-42', aud: 'tollgate', iat: now, exp: now + 300, scope: 'tools:call', jti })}`
     return `${input}.${sign('sha256', Buffer.from(input), { key: idpKey.privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
   }
-  return { upstream, jwksUri: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`, idpToken }
+  return { upstream, jwksUri, idpToken }
 }
 
 function rawConfig (dataDir: string, upstream: Upstream, jwksUri: string): Record<string, unknown> {
@@ -86,15 +79,15 @@ async function flow (t: any, send: Send, upstream: Upstream, idpToken: (jti: str
     const parts = token.split('.')
     if (parts.length === 3) secrets[`${name} (signature)`] = parts[2] as string
   }
-  const agent = { authorization: basicAuth('agent', CLIENT_SECRET), ...FORM }
-  const exchanger = { authorization: basicAuth('exchanger', ENV_CLIENT_SECRET), ...FORM }
+  const agent = { authorization: basic('agent', CLIENT_SECRET), ...FORM }
+  const exchanger = { authorization: basic('exchanger', ENV_CLIENT_SECRET), ...FORM }
 
   // client_credentials, twice: one family to rotate, one to revoke.
-  const first = await send('POST', '/token', agent, formBody({ grant_type: 'client_credentials' }))
+  const first = await send('POST', '/token', agent, form({ grant_type: 'client_credentials' }))
   t.equal(first.status, 200, 'client_credentials')
   keep('access token 1', first.json().access_token)
   keep('refresh token 1', first.json().refresh_token)
-  const second = await send('POST', '/token', { ...FORM }, formBody({ grant_type: 'client_credentials', client_id: 'agent', client_secret: CLIENT_SECRET }))
+  const second = await send('POST', '/token', { ...FORM }, form({ grant_type: 'client_credentials', client_id: 'agent', client_secret: CLIENT_SECRET }))
   t.equal(second.status, 200, 'client_credentials with client_secret_post')
   keep('access token 2', second.json().access_token)
   keep('refresh token 2', second.json().refresh_token)
@@ -104,36 +97,36 @@ async function flow (t: any, send: Send, upstream: Upstream, idpToken: (jti: str
   keep('refresh token 3', json.json().refresh_token)
 
   // Refresh, then present the rotated token again (reuse: the family dies).
-  const rotated = await send('POST', '/refresh', agent, formBody({ refresh_token: secrets['refresh token 1'] as string }))
+  const rotated = await send('POST', '/refresh', agent, form({ refresh_token: secrets['refresh token 1'] as string }))
   t.equal(rotated.status, 200, 'refresh')
   keep('rotated access token', rotated.json().access_token)
   keep('rotated refresh token', rotated.json().refresh_token)
-  const viaToken = await send('POST', '/token', agent, formBody({ grant_type: 'refresh_token', refresh_token: secrets['rotated refresh token'] as string }))
+  const viaToken = await send('POST', '/token', agent, form({ grant_type: 'refresh_token', refresh_token: secrets['rotated refresh token'] as string }))
   t.equal(viaToken.status, 200, 'refresh at /token')
   keep('refreshed access token', viaToken.json().access_token)
   keep('refreshed refresh token', viaToken.json().refresh_token)
-  const reuse = await send('POST', '/refresh', agent, formBody({ refresh_token: secrets['refresh token 1'] as string }))
+  const reuse = await send('POST', '/refresh', agent, form({ refresh_token: secrets['refresh token 1'] as string }))
   t.equal(reuse.status, 400, 'rotation reuse refused')
   t.equal(reuse.json().error, 'invalid_grant')
 
   // Token exchange: a trusted issuer's token and a Tollgate token as subject tokens; one refused.
   keep('subject token (trusted issuer)', idpToken('s-1'))
-  const exTrusted = await send('POST', '/token', exchanger, formBody({ grant_type: EXCHANGE, subject_token: secrets['subject token (trusted issuer)'] as string, subject_token_type: JWT_TYPE }))
+  const exTrusted = await send('POST', '/token', exchanger, form({ grant_type: EXCHANGE, subject_token: secrets['subject token (trusted issuer)'] as string, subject_token_type: JWT_TYPE }))
   t.equal(exTrusted.status, 200, `exchange of a trusted issuer's token ${exTrusted.body}`)
   keep('exchanged access token (trusted)', exTrusted.json().access_token)
-  const exTollgate = await send('POST', '/token', exchanger, formBody({ grant_type: EXCHANGE, subject_token: secrets['access token 2'] as string, subject_token_type: ACCESS }))
+  const exTollgate = await send('POST', '/token', exchanger, form({ grant_type: EXCHANGE, subject_token: secrets['access token 2'] as string, subject_token_type: ACCESS }))
   t.equal(exTollgate.status, 200, 'exchange of a Tollgate token')
   keep('exchanged access token (tollgate)', exTollgate.json().access_token)
   const forged = (secrets['subject token (trusted issuer)'] as string).slice(0, -6) + 'AAAAAA'
   keep('refused subject token', forged)
-  const exRefused = await send('POST', '/token', exchanger, formBody({ grant_type: EXCHANGE, subject_token: forged, subject_token_type: JWT_TYPE }))
+  const exRefused = await send('POST', '/token', exchanger, form({ grant_type: EXCHANGE, subject_token: forged, subject_token_type: JWT_TYPE }))
   t.equal(exRefused.status, 400, 'a forged subject token is refused')
 
   // Introspection and forward auth, accepted and refused; a token in a query string is never read.
   const access = secrets['access token 3'] as string
-  const active = await send('POST', '/validate', agent, formBody({ token: access }))
+  const active = await send('POST', '/validate', agent, form({ token: access }))
   t.equal(active.json().active, true, 'introspection: active')
-  const inactive = await send('POST', '/validate', agent, formBody({ token: access.slice(0, -4) + 'AAAA' }))
+  const inactive = await send('POST', '/validate', agent, form({ token: access.slice(0, -4) + 'AAAA' }))
   t.same(inactive.json(), { active: false }, 'introspection: inactive')
   t.equal((await send('GET', '/validate', { authorization: `Bearer ${access}` })).status, 200, 'forward auth: 200')
   t.equal((await send('GET', '/validate?scope=tools:admin', { authorization: `Bearer ${access}` })).status, 403, 'forward auth: 403')
@@ -159,17 +152,17 @@ async function flow (t: any, send: Send, upstream: Upstream, idpToken: (jti: str
   t.equal(refusedCall.status, 401, '/call refused')
 
   // Revocation of a refresh token and of an access token.
-  t.equal((await send('POST', '/revoke', agent, formBody({ token: secrets['refresh token 2'] as string }))).status, 200, 'revoke a refresh token')
-  t.equal((await send('POST', '/revoke', agent, formBody({ token: secrets['access token 3'] as string, token_type_hint: 'access_token' }))).status, 200, 'revoke an access token')
+  t.equal((await send('POST', '/revoke', agent, form({ token: secrets['refresh token 2'] as string }))).status, 200, 'revoke a refresh token')
+  t.equal((await send('POST', '/revoke', agent, form({ token: secrets['access token 3'] as string, token_type_hint: 'access_token' }))).status, 200, 'revoke an access token')
   t.equal((await send('GET', '/validate', { authorization: `Bearer ${secrets['access token 3'] as string}` })).status, 401, 'the revoked token is refused')
 
   // Failed logins with wrong secrets: Basic, client_secret_post, and at /validate and /revoke.
   const [w1, w2, w3] = WRONG_SECRETS as [string, string, string]
-  t.equal((await send('POST', '/token', { authorization: basicAuth('agent', w1), ...FORM }, formBody({ grant_type: 'client_credentials' }))).status, 401, 'wrong secret (Basic)')
-  t.equal((await send('POST', '/token', { ...FORM }, formBody({ grant_type: 'client_credentials', client_id: 'exchanger', client_secret: w2 }))).status, 401, 'wrong secret (post)')
-  t.equal((await send('POST', '/token', { authorization: basicAuth('nobody', w3), ...FORM }, formBody({ grant_type: 'client_credentials' }))).status, 401, 'unknown client')
-  t.equal((await send('POST', '/validate', { authorization: basicAuth('agent', w3), ...FORM }, formBody({ token: access }))).status, 401, 'wrong secret at /validate')
-  t.equal((await send('POST', '/revoke', { authorization: basicAuth('agent', w3), ...FORM }, formBody({ token: secrets['refreshed refresh token'] as string }))).status, 401, 'wrong secret at /revoke')
+  t.equal((await send('POST', '/token', { authorization: basic('agent', w1), ...FORM }, form({ grant_type: 'client_credentials' }))).status, 401, 'wrong secret (Basic)')
+  t.equal((await send('POST', '/token', { ...FORM }, form({ grant_type: 'client_credentials', client_id: 'exchanger', client_secret: w2 }))).status, 401, 'wrong secret (post)')
+  t.equal((await send('POST', '/token', { authorization: basic('nobody', w3), ...FORM }, form({ grant_type: 'client_credentials' }))).status, 401, 'unknown client')
+  t.equal((await send('POST', '/validate', { authorization: basic('agent', w3), ...FORM }, form({ token: access }))).status, 401, 'wrong secret at /validate')
+  t.equal((await send('POST', '/revoke', { authorization: basic('agent', w3), ...FORM }, form({ token: secrets['refreshed refresh token'] as string }))).status, 401, 'wrong secret at /revoke')
   WRONG_SECRETS.forEach((w, i) => { secrets[`wrong secret ${i + 1}`] = w })
   return secrets
 }
@@ -222,11 +215,9 @@ t.test('in process at debug level: a full flow leaves no secret in the log', asy
   const { upstream, jwksUri, idpToken } = await dependencies(t)
   const dataDir = tempDir(t)
   const config = loadConfig({ raw: rawConfig(dataDir, upstream, jwksUri), env: ENV })
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
-  const { buildApp, loggerOptions } = await import('../src/app.js')
-  const pino = (await import('pino')).default
-  const app = await buildApp(config, { loggerInstance: pino({ ...(loggerOptions(config) as object) }, stream) as any })
+  const { logger, lines } = captureLog(config)
+  const { buildApp } = await import('../src/app.js')
+  const app = await buildApp(config, { loggerInstance: logger })
   t.teardown(() => app.close())
   await app.listen({ port: 0, host: '127.0.0.1' })
   const send: Send = async (method, url, headers = {}, body) => {

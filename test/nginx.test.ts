@@ -6,7 +6,8 @@ import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
 import { client, issue, tempDir, testConfig } from './helper.js'
-import { freePort, listenApp, requireExecutable, startUpstream, waitForPort } from './system.js'
+import { freePort, listenApp, requireExecutable, waitForPort } from './system.js'
+import { startUpstream } from './support/upstream.js'
 
 const TEMPLATE = new URL('../examples/nginx/tollgate-auth.conf', import.meta.url)
 
@@ -61,7 +62,12 @@ if (nginxBin !== undefined) {
     ]
   })
   const { app, port: tollgatePort } = await listenApp(t, config)
-  const upstream = await startUpstream(t)
+  const upstream = await startUpstream(t, {
+    handler: (req, res) => {
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ ok: true, path: req.url, subject: req.headers['x-auth-subject'] ?? null }))
+    }
+  })
   const nginxPort = await freePort()
 
   const prefix = tempDir(t, 'tollgate-nginx-')

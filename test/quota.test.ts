@@ -3,7 +3,8 @@
 import t from 'tap'
 import { request } from 'undici'
 import { ManualClock, client, issue } from './helper.js'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 
 const CALL = { 'content-type': 'application/json' }
 

@@ -5,7 +5,7 @@
 // restart, as the deployment guide advises (docs/scaling.md).
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, issue, tempDir, testConfig } from './helper.js'
+import { FORM, basic, build, issue, tempDir, testConfig } from './helper.js'
 import { redisServerMissing, startRedisServer, uniquePrefix } from './support/redis.js'
 import { requires } from './support/skip.js'
 
@@ -46,7 +46,7 @@ t.test('Redis down: 503 within the bound, process alive; Redis back: served agai
   const tokenRequest = async (): Promise<{ statusCode: number, body: string }> => await app.inject({
     method: 'POST',
     url: '/token',
-    headers: { authorization: `Basic ${Buffer.from('agent:agent-secret-0123456789').toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
+    headers: { authorization: basic('agent'), ...FORM },
     payload: 'grant_type=client_credentials'
   })
   const health = async (): Promise<{ statusCode: number, json: any }> => {

@@ -4,7 +4,8 @@
 // docs/scaling.md advises, so the key set survives its restart.)
 import t from 'tap'
 import { tempDir } from './helper.js'
-import { startCluster, startUpstream, type Replica } from './support/cluster.js'
+import { startCluster, type Replica } from './support/cluster.js'
+import { startUpstream } from './support/upstream.js'
 import { redisServerMissing, startRedisServer } from './support/redis.js'
 import { skipOrFail } from './support/skip.js'
 
@@ -20,7 +21,7 @@ if (missing !== undefined) {
     config: {
       rateLimits: { token: { max: 100_000, window: '1m' }, perIp: { max: 100_000, window: '1m' }, perSubject: { max: 100_000, window: '1m' } },
       clients: [{ id: 'agent', secretHash: (await import('./helper.js')).CLIENT_SECRET_HASH, scopes: ['tools:call'], audiences: ['tool:chat'], quota: { limit: 1000, window: '1d' } }],
-      tools: [{ name: 'echo', url: `${upstream.url}/echo`, audience: 'tool:chat', scopes: ['tools:call'] }]
+      tools: [{ name: 'echo', url: `${upstream.origin}/echo`, audience: 'tool:chat', scopes: ['tools:call'] }]
     }
   })
   const replicas = cluster?.replicas as Replica[]

@@ -2,14 +2,15 @@
 // quota exactly, detect refresh-token reuse across replicas, and enforce a revocation made at one
 // replica at the other within one second.
 import t from 'tap'
-import { startCluster, startUpstream, type Replica } from './support/cluster.js'
+import { startCluster, type Replica } from './support/cluster.js'
+import { startUpstream } from './support/upstream.js'
 
 const upstream = await startUpstream(t)
 const cluster = await startCluster(t, {
   replicas: 2,
   config: {
     rateLimits: { token: { max: 100_000, window: '1m' }, perIp: { max: 100_000, window: '1m' }, perSubject: { max: 100_000, window: '1m' } },
-    tools: [{ name: 'echo', url: `${upstream.url}/echo`, audience: 'tool:chat', scopes: ['tools:call'] }]
+    tools: [{ name: 'echo', url: `${upstream.origin}/echo`, audience: 'tool:chat', scopes: ['tools:call'] }]
   }
 })
 if (cluster !== undefined) { // else startCluster reported the missing Redis: a skip, or a failure under CI
@@ -17,7 +18,7 @@ if (cluster !== undefined) { // else startCluster reported the missing Redis: a 
 
   t.test('60 parallel calls spread over both replicas against a quota of 20: exactly 20 succeed', async t => {
     const token = (await cluster.issue(a)).access_token as string
-    const before = upstream.calls.length
+    const before = upstream.seen.length
     const statuses = await Promise.all(Array.from({ length: 60 }, async (_, i) => {
       const res = await cluster.request(i % 2 === 0 ? a : b, '/call', {
         method: 'POST',
@@ -30,7 +31,7 @@ if (cluster !== undefined) { // else startCluster reported the missing Redis: a 
     }))
     t.equal(statuses.filter(s => s === 200).length, 20, 'exactly the quota')
     t.equal(statuses.filter(s => s === 429).length, 40, 'the rest refused with 429')
-    t.equal(upstream.calls.length - before, 20, 'the tool saw exactly 20 calls')
+    t.equal(upstream.seen.length - before, 20, 'the tool saw exactly 20 calls')
     for (const r of [a, b]) {
       const quota = await (await cluster.request(r, '/quota', { bearer: token })).json() as Record<string, number>
       t.match(quota, { limit: 20, used: 20, remaining: 0 }, `replica ${r.index} agrees`)

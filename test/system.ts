@@ -1,8 +1,7 @@
 // Helpers for the suites that run real outside programs (nginx, python3, chromium) against an app
 // listening on a real port: locating a system binary (a failure in CI, a skip elsewhere), free
-// ports, a listening app, and a small real upstream. No sleeps: readiness is a successful connect.
+// ports and a listening app (the upstream is support/upstream.ts). No sleeps: readiness is a successful connect.
 import { accessSync, constants } from 'node:fs'
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../src/config.js'
@@ -49,29 +48,4 @@ export async function listenApp (t: TestContext, config: Config, port = 0): Prom
   await app.listen({ host: '127.0.0.1', port })
   const actual = (app.server.address() as AddressInfo).port
   return { app, url: `http://127.0.0.1:${actual}`, port: actual }
-}
-
-export interface SeenRequest {
-  method: string
-  url: string
-  headers: IncomingHttpHeaders
-}
-
-/** A real upstream (node:http) answering a small JSON body and recording what reached it. */
-export async function startUpstream (t: TestContext): Promise<{ server: Server, port: number, seen: SeenRequest[] }> {
-  const seen: SeenRequest[] = []
-  const server = createServer((req, res) => {
-    seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers })
-    req.resume()
-    req.on('end', () => {
-      res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ ok: true, path: req.url, subject: req.headers['x-auth-subject'] ?? null }))
-    })
-  })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>(resolve => {
-    server.closeAllConnections()
-    server.close(() => { resolve() })
-  }))
-  return { server, port: (server.address() as AddressInfo).port, seen }
 }

@@ -1,6 +1,6 @@
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { CLIENT_SECRET, FORM, ManualClock, basic, build, form, issue, testConfig } from './helper.js'
+import { captureLog } from './support/logs.js'
 
 function decode (token: string): { header: any, payload: any } {
   const [h, p] = token.split('.')
@@ -154,12 +154,10 @@ t.test('failed and successful attempts are rate limited per IP on /token', async
 })
 
 t.test('issuance writes an audit line and metrics, and never logs the secret or the token', async t => {
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(chunk.toString()); cb() } })
-  const { buildApp, loggerOptions } = await import('../src/app.js')
+  const { buildApp } = await import('../src/app.js')
   const config = testConfig(t, { logLevel: 'debug' })
-  const pino = (await import('pino')).default
-  const app = await buildApp(config, { loggerInstance: pino({ ...(loggerOptions(config) as object) }, stream) as any })
+  const { logger, lines } = captureLog(config)
+  const app = await buildApp(config, { loggerInstance: logger })
   t.teardown(() => app.close())
   const tok = await issue(app)
   await app.inject({ method: 'POST', url: '/token', headers: { authorization: basic('agent', 'not-the-secret'), ...FORM }, payload: form({ grant_type: 'client_credentials' }) })

@@ -1,14 +1,14 @@
 // Tracing (docs/tracing.md): a real OTLP/HTTP receiver on a free port decodes what the gateway
 // exports (JSON encoding), a real upstream tool records the `traceparent` it gets, and the gateway
 // listens on a real port. Spans are read after app.close(), which sends the last batch.
-import { createServer, type IncomingHttpHeaders } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import type { IncomingHttpHeaders } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
 import { loadConfig } from '../src/config.js'
 import { tracesUrl } from '../src/tracing.js'
 import { CLIENT_SECRET, SECRET, client, issue, type TestContext } from './helper.js'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 
 interface Receiver {
   origin: string
@@ -22,24 +22,15 @@ interface Receiver {
 async function startReceiver (t: TestContext): Promise<Receiver> {
   const payloads: string[] = []
   const requests: Receiver['requests'] = []
-  const sockets = new Set<Socket>()
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
+  const server = await startUpstream(t, {
+    handler: (req, res, body) => {
       requests.push({ url: req.url ?? '', contentType: req.headers['content-type'] })
-      payloads.push(Buffer.concat(chunks).toString('utf8'))
+      payloads.push(body.toString('utf8'))
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end('{}')
-    })
+    }
   })
-  server.on('connection', s => { sockets.add(s); s.on('close', () => sockets.delete(s)) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const s of sockets) s.destroy()
-    await new Promise(resolve => server.close(resolve))
-  })
-  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, payloads, requests }
+  return { origin: server.origin, payloads, requests }
 }
 
 interface DecodedSpan {

@@ -6,7 +6,8 @@ import { request as httpRequest } from 'node:http'
 import { createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { startApp, startUpstream } from './call-helper.js'
+import { startApp } from './call-helper.js'
+import { startUpstream } from './support/upstream.js'
 import { issue, type TestContext } from './helper.js'
 
 /** What the fake upstream writes for each path (then it closes the connection). */

@@ -1,75 +1,29 @@
-// Replicas as one: a harness that runs N real gateway processes (`node dist/cli.js serve`) on free
-// ports, sharing one Redis key prefix and one TOLLGATE_SECRET, from one YAML config written to a
-// temp dir. It builds dist/ first when the sources are newer, waits for each replica's "tollgate
-// ready" log line and a 200 from /health (handshakes, not sleeps), and stops every process in
-// teardown. Helpers issue tokens and run the `tollgate` CLI against the same config, so tests of
-// quota, refresh and revocation across replicas stay short.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdirSync, readdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+// Replicas as one: a harness that runs N real gateway processes (support/process.ts startGateway)
+// on free ports, sharing one Redis key prefix and one TOLLGATE_SECRET, from one YAML config written
+// to a temp dir, and stops every process in teardown before it deletes the prefix. Helpers issue
+// tokens and run the `tollgate` CLI against the same config, so tests of quota, refresh and
+// revocation across replicas stay short.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, basic, client, tempDir, type TestContext } from '../helper.js'
-import { deletePrefix, freePort, testRedisUrl, uniquePrefix } from './redis.js'
+import { CLI, ROOT, ensureBuilt, startGateway, type Gateway } from './process.js'
+import { deletePrefix, testRedisUrl, uniquePrefix } from './redis.js'
 import type { Skippable } from './skip.js'
 
-export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
-const CLI = join(ROOT, 'dist', 'cli.js')
 // Idle sockets are dropped well before the replicas' keep-alive timeout (5 s), so a request never
 // lands on a connection the server is closing.
 const dispatcher = new Agent({ keepAliveTimeout: 1000, keepAliveMaxTimeout: 1000 })
 
-function newestMtime (dir: string): number {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
-  }
-  return newest
-}
+// Re-exported for files that still import them from here.
+export { ROOT, ensureBuilt }
 
-/** Compiles src/ into dist/ unless dist/cli.js is newer than every source (one build at a time). */
-export function ensureBuilt (): void {
-  const stale = (): boolean => {
-    try {
-      return statSync(CLI).mtimeMs < newestMtime(join(ROOT, 'src'))
-    } catch {
-      return true
-    }
-  }
-  if (!stale()) return
-  const lock = join(ROOT, '.build-lock')
-  const deadline = Date.now() + 120_000
-  for (;;) {
-    try {
-      mkdirSync(lock)
-      break
-    } catch {
-      if (Date.now() > deadline) throw new Error(`another build holds ${lock}; remove it if stale`)
-      spawnSync('sleep', ['0.2'])
-    }
-  }
-  try {
-    if (!stale()) return
-    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-    const result = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, encoding: 'utf8' })
-    if (result.status !== 0) throw new Error(`build failed:\n${result.stdout}${result.stderr}`)
-  } finally {
-    rmdirSync(lock)
-  }
-}
-
-export interface Replica {
+/** A replica is a gateway (support/process.ts) with its index; `process` is its child process. */
+export interface Replica extends Gateway {
   index: number
-  port: number
-  url: string
   process: ChildProcess
-  /** stdout and stderr lines so far (JSON log lines at the configured level). */
-  logs: string[]
-  /** SIGTERM, then SIGKILL if it has not exited after 5 s. */
-  stop: () => Promise<void>
 }
 
 export interface ClusterOptions {
@@ -122,7 +76,6 @@ export function defaultClusterConfig (): Record<string, unknown> {
 export async function startCluster (t: Skippable, options: ClusterOptions = {}): Promise<Cluster | undefined> {
   const redisUrl = options.redisUrl ?? await testRedisUrl(t)
   if (redisUrl === undefined) return undefined
-  ensureBuilt()
   const dir = tempDir(t, 'tollgate-cluster-')
   const keyPrefix = uniquePrefix('cluster')
   const config = {
@@ -147,47 +100,15 @@ export async function startCluster (t: Skippable, options: ClusterOptions = {}):
 
   const add = async (): Promise<Replica> => {
     const index = replicas.length
-    const port = await freePort()
-    const dataDir = join(dir, `replica-${index}`)
-    const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], {
+    const gateway = await startGateway(t, {
       cwd: dir,
-      env: { ...baseEnv, TOLLGATE_PORT: String(port), TOLLGATE_HOST: '127.0.0.1', TOLLGATE_DATA_DIR: dataDir },
-      stdio: ['ignore', 'pipe', 'pipe']
+      env: { ...baseEnv, TOLLGATE_DATA_DIR: join(dir, `replica-${index}`) },
+      args: ['--config', configFile],
+      name: `replica ${index}`,
+      readyLine: true
     })
-    const logs: string[] = []
-    const exited = new Promise<number | null>(resolve => child.once('exit', code => { resolve(code) }))
-    const replica: Replica = {
-      index,
-      port,
-      url: `http://127.0.0.1:${port}`,
-      process: child,
-      logs,
-      stop: async () => {
-        if (child.exitCode !== null || child.signalCode !== null) return
-        child.kill('SIGTERM')
-        const timer = setTimeout(() => { child.kill('SIGKILL') }, 5000)
-        await exited
-        clearTimeout(timer)
-      }
-    }
+    const replica: Replica = { ...gateway, index, process: gateway.child }
     replicas.push(replica)
-    await new Promise<void>((resolve, reject) => {
-      let buffered = ''
-      const onData = (chunk: Buffer): void => {
-        buffered += chunk.toString()
-        const lines = buffered.split('\n')
-        buffered = lines.pop() ?? ''
-        for (const line of lines) {
-          logs.push(line)
-          if (line.includes('"tollgate ready"')) resolve()
-        }
-      }
-      child.stdout?.on('data', onData)
-      child.stderr?.on('data', onData)
-      exited.then(code => { reject(new Error(`replica ${index} exited with ${String(code)} before it was ready:\n${logs.join('\n')}`)) }, reject)
-    })
-    const health = await fetch(`${replica.url}/health`, { dispatcher })
-    if (health.status !== 200) throw new Error(`replica ${index} is not healthy: ${health.status} ${await health.text()}`)
     return replica
   }
 
@@ -256,36 +177,6 @@ export async function startCluster (t: Skippable, options: ClusterOptions = {}):
 /** The JWS header of a compact token (to read its kid). */
 export function jwsHeader (token: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[0] ?? '', 'base64url').toString('utf8'))
-}
-
-export interface Upstream {
-  url: string
-  /** Requests seen so far, in arrival order. */
-  calls: Array<{ method: string, url: string, headers: IncomingMessage['headers'], body: string }>
-}
-
-/**
- * A real upstream tool on a free port: answers 200 with a JSON echo, or what `handler` writes.
- * For /call tests across replicas (e.g. count how many of 60 parallel calls got through).
- */
-export async function startUpstream (t: TestContext, handler?: (req: IncomingMessage, res: ServerResponse, body: string) => void): Promise<Upstream> {
-  const calls: Upstream['calls'] = []
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks).toString('utf8')
-      calls.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
-      if (handler !== undefined) return handler(req, res, body)
-      res.writeHead(200, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ ok: true, method: req.method, url: req.url }))
-    })
-  })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { await new Promise(resolve => { server.closeAllConnections(); server.close(resolve) }) })
-  const address = server.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
-  return { url: `http://127.0.0.1:${port}`, calls }
 }
 
 export { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET }
