@@ -437,15 +437,9 @@ function checkTracing (tracing: Config['tracing']): void {
  * built from it are compared exactly and can be written into a header as a quoted string.
  */
 export function baseUrl (value: string, key: string): string {
-  let url: URL
-  try {
-    url = new URL(value)
-  } catch {
-    throw new ConfigError(key, 'must be an absolute http(s) URL')
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(key, 'must be http or https')
-  if (url.username !== '' || url.password !== '') throw new ConfigError(key, 'must not carry credentials')
-  if (url.search !== '' || url.hash !== '' || value.includes('#') || value.includes('?')) throw new ConfigError(key, 'must not carry a query or fragment')
+  const url = parseToolUrl(value, key)
+  // An empty query or fragment (`https://gw/?`) parses away: refuse the marker too.
+  if (value.includes('#') || value.includes('?')) throw new ConfigError(key, 'must not carry a query or fragment')
   return url.origin + url.pathname.replace(/\/+$/, '')
 }
 

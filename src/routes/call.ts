@@ -205,9 +205,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     if (tool.protocol === 'mcp') throw new TollgateError('invalid_request', 400, `tool ${tool.name} is an MCP server: use /call/${tool.name} as its URL`)
   }
 
-  // ---- /call/:tool for MCP tools (CONTRACT §12): Streamable HTTP relayed; every tools/call in a
-  // POSTed message or batch checked against mcpTools and charged; tools/list answers filtered.
-  await app.register(async function callMcp (scope) {
+  /**
+   * application/json only, kept as the exact bytes received (they go upstream unchanged) and parsed
+   * once for the checks; a member name given twice is refused, since the tool could read it
+   * differently.
+   */
+  const exactJson = (scope: FastifyInstance): void => {
     scope.removeAllContentTypeParsers()
     const parseJson = scope.getDefaultJsonParser('error', 'error')
     scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
@@ -215,9 +218,10 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       const text = (body as Buffer).toString('utf8')
       parseJson(request, text, (err, parsed) => {
         if (err !== null) {
-          done(new TollgateError('invalid_request', 400, 'the body is not valid JSON'), undefined)
+          done(err, undefined)
           return
         }
+        // The exact bytes are forwarded: a name the tool could read differently is refused.
         const repeated = duplicateKey(text)
         if (repeated !== undefined) {
           done(new TollgateError('invalid_request', 400, `the body repeats the member name ${JSON.stringify(repeated.slice(0, 64))}`), undefined)
@@ -226,6 +230,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         done(null, parsed)
       })
     })
+  }
+
+  // ---- /call/:tool for MCP tools (CONTRACT §12): Streamable HTTP relayed; every tools/call in a
+  // POSTed message or batch checked against mcpTools and charged; tools/list answers filtered.
+  await app.register(async function callMcp (scope) {
+    exactJson(scope)
     const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
       const ctx = request.ctx
       const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
@@ -283,25 +293,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
 
   // ---- POST /call: the JSON body goes to the tool's url as the exact bytes received.
   await app.register(async function callJson (scope) {
-    scope.removeAllContentTypeParsers()
-    const parseJson = scope.getDefaultJsonParser('error', 'error')
-    scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
-      request.ctx.body = body as Buffer
-      const text = (body as Buffer).toString('utf8')
-      parseJson(request, text, (err, parsed) => {
-        if (err !== null) {
-          done(err, undefined)
-          return
-        }
-        // The exact bytes are forwarded: a name the tool could read differently is refused.
-        const repeated = duplicateKey(text)
-        if (repeated !== undefined) {
-          done(new TollgateError('invalid_request', 400, `the body repeats the member name ${JSON.stringify(repeated.slice(0, 64))}`), undefined)
-          return
-        }
-        done(null, parsed)
-      })
-    })
+    exactJson(scope)
     scope.post('/call', {
       schema: {
         operationId: 'callTool',
