@@ -33,8 +33,8 @@ export async function startApp (t: TestContext, upstream: Upstream | undefined, 
   return { app, base: `http://127.0.0.1:${port}`, port }
 }
 
-/** Sends exactly these bytes as the request line's target and returns the status code and body. */
-export async function rawRequest (port: number, method: string, target: string, headers: Record<string, string> = {}): Promise<{ status: number, body: string }> {
+/** Sends exactly these bytes as the request line's target and returns the status code, the raw head (status line and header lines, nothing normalised) and the body. */
+export async function rawRequest (port: number, method: string, target: string, headers: Record<string, string> = {}): Promise<{ status: number, head: string, body: string }> {
   return await new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1')
     const lines = [`${method} ${target} HTTP/1.1`, 'host: 127.0.0.1', 'connection: close', ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', '']
@@ -44,8 +44,8 @@ export async function rawRequest (port: number, method: string, target: string, 
     socket.on('error', reject)
     socket.on('close', () => {
       const m = /^HTTP\/1\.1 (\d{3})/.exec(data)
-      const body = data.slice(data.indexOf('\r\n\r\n') + 4)
-      resolve({ status: m === null ? 0 : Number(m[1]), body })
+      const end = data.indexOf('\r\n\r\n')
+      resolve({ status: m === null ? 0 : Number(m[1]), head: end < 0 ? data : data.slice(0, end), body: end < 0 ? '' : data.slice(end + 4) })
     })
     socket.write(lines.join('\r\n'))
   })

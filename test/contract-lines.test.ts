@@ -9,14 +9,13 @@
 import { randomUUID, type KeyObject } from 'node:crypto'
 import crypto from 'node:crypto'
 import { syncBuiltinESMExports } from 'node:module'
-import { connect } from 'node:net'
 import Database from 'better-sqlite3'
 import { createLocalJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { deriveKek, openKeyRecord } from '../src/keys/material.js'
 import { sqlitePath } from '../src/store/index.js'
 import { CLIENT_SECRET, FORM, SECRET, basic, build, client, form, issue, testConfig } from './helper.js'
-import { startApp, startUpstream } from './call-helper.js'
+import { rawRequest, startApp, startUpstream } from './call-helper.js'
 import { signCompact } from './support/sign.js'
 
 const ISSUER = 'https://tollgate.test'
@@ -29,15 +28,7 @@ t.teardown(() => { app.server.closeAllConnections() })
 
 /** The raw bytes of an answer (status line and headers), read off the socket: nothing normalised. */
 async function rawHead (path: string, headers: Record<string, string>): Promise<string> {
-  return await new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1')
-    let data = ''
-    socket.setEncoding('latin1')
-    socket.on('data', (c: string) => { data += c })
-    socket.on('error', reject)
-    socket.on('close', () => { resolve(data.slice(0, data.indexOf('\r\n\r\n'))) })
-    socket.write([`GET ${path} HTTP/1.1`, 'host: 127.0.0.1', 'connection: close', ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n'))
-  })
+  return (await rawRequest(port, 'GET', path, headers)).head
 }
 
 t.test('GET /validate never emits a header with CR/LF, even for a token the gateway\'s own key signed', async t => {
