@@ -148,6 +148,14 @@ for (const json of [false, true]) {
     t.match(spent, /429/, 'a spent quota is 429')
     t.equal(await quotaUsed(base, token), 4, 'the refused call is not charged')
     t.same(up.calls, ['echo', 'echo'])
+
+    // The server's own SSE stream (GET) and the end of the session (DELETE) are relayed too, with
+    // the session id.
+    if (!json) t.ok(up.requests.some(r => r.method === 'GET' && r.session === session), 'the client\'s GET stream reached the server with its session')
+    await (mcp.transport as StreamableHTTPClientTransport).terminateSession()
+    t.ok(up.requests.some(r => r.method === 'DELETE' && r.session === session), 'DELETE ends the session at the server')
+    const after = await fetch(`${base}/call/mcp`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': session as string, 'mcp-protocol-version': '2025-06-18' }, body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list' }) })
+    t.equal(after.status, 404, 'the ended session is gone at the server (its 404 passed through)')
   })
 }
 
