@@ -819,7 +819,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description A malformed `charge` (not an integer from 0 to 1000000000), or an unknown query form */
+            /** @description A malformed query: a `charge` that is not an integer from 0 to 1000000000 written without leading zeros, or a repeated parameter */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -28,8 +28,8 @@ interface ForwardAuthQuery {
 export const MAX_CHARGE = 1_000_000_000
 
 /**
- * `?charge=`: a decimal integer in [0, MAX_CHARGE], without leading zeros. The schema holds the
- * whole rule, so a malformed value is a 400 before any stage runs.
+ * `?charge=`: a decimal integer in [0, MAX_CHARGE] (spelled out at its end), without leading
+ * zeros. The schema holds the whole rule, so a malformed value is a 400 before any stage runs.
  */
 const CHARGE_PATTERN = '^(0|[1-9][0-9]{0,8}|1000000000)$'
 
@@ -134,7 +134,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
             'X-Auth-Quota-Reset': Type.String({ description: 'Seconds until the current window resets, when the token has a quota claim' })
           }
         }),
-        400: problem('A malformed `charge` (not an integer from 0 to 1000000000), or an unknown query form'),
+        400: problem('A malformed query: a `charge` that is not an integer from 0 to 1000000000 written without leading zeros, or a repeated parameter'),
         401: problem('No token, or an invalid, expired or revoked one, or one without the required audience', headers.wwwAuthenticateBearer),
         403: problem('The token lacks a required scope (insufficient_scope), or the caller is rate-limited (rate_limited, with Retry-After)', { ...headers.wwwAuthenticateBearer, ...headers.retryAfter }),
         429: problem('With `charge`: the quota is spent (quota_exceeded); nothing was charged', { ...headers.retryAfter, ...headers.quota }),
