@@ -3,6 +3,7 @@
 // token without one), and GET /validate?charge=N charges the subject's quota on the same counter
 // as /call and GET /quota, refusing a spent quota with 429 quota_exceeded. Over real HTTP, on the
 // real SQLite file, and on a real Redis shared by two replicas.
+import fc from 'fast-check'
 import t from 'tap'
 import { request } from 'undici'
 import type { FastifyInstance } from 'fastify'
@@ -166,6 +167,29 @@ t.test('rate limits on GET /validate stay 403 with Retry-After (only a spent quo
   t.match(limited.body, { code: 'rate_limited' })
   t.ok(Number(limited.headers['retry-after']) > 0)
   t.match((await get(base, '/quota', agent)).body, { used: 2 }, 'a rate-limited request is not charged')
+})
+
+t.test('any charge value: 200, 400 or 429, never a 5xx, and the counter moves by exactly the granted charges', async t => {
+  const clock = new ManualClock(Date.UTC(2026, 10, 24, 12, 10, 0))
+  const { app } = await gateway(t, clock, {
+    rateLimits: { perSubject: { max: 100000, window: '1d' } },
+    clients: [client('agent', { quota: { limit: 1000, window: '1d' }, accessTtl: '2h' })]
+  })
+  const agent = (await issue(app, {}, 'agent')).access_token as string
+  let granted = 0
+  const counts = { 200: 0, 400: 0, 429: 0 }
+  const value = fc.oneof(fc.nat({ max: 40 }).map(String), fc.string({ maxLength: 12 }), fc.constantFrom('1e1', '-0', '0.0', '00', '1000000000', '1000000001'))
+  await fc.assert(fc.asyncProperty(value, async v => {
+    const res = await app.inject({ method: 'GET', url: `/validate?charge=${encodeURIComponent(v)}`, headers: { authorization: `Bearer ${agent}` } })
+    if (res.statusCode !== 200 && res.statusCode !== 400 && res.statusCode !== 429) throw new Error(`charge=${JSON.stringify(v)} → ${res.statusCode}`)
+    const wellFormed = /^(0|[1-9][0-9]{0,8}|1000000000)$/.test(v)
+    if (wellFormed !== (res.statusCode !== 400)) throw new Error(`charge=${JSON.stringify(v)} → ${res.statusCode}`)
+    counts[res.statusCode as 200 | 400 | 429]++
+    if (res.statusCode === 200) granted += Number(v)
+  }), { numRuns: 300 })
+  const used = (await app.inject({ method: 'GET', url: '/quota', headers: { authorization: `Bearer ${agent}` } })).json().used
+  t.equal(used, granted, 'GET /quota counts exactly the granted charges')
+  t.ok(counts[200] > 0 && counts[400] > 0, `both granted and malformed values were tried (${JSON.stringify(counts)})`)
 })
 
 const redisUrl = await testRedisUrl(t)
