@@ -58,14 +58,17 @@ if (nginxBin !== undefined) {
     clients: [
       client('agent', { claims: { role: 'user' } }),
       client('operator', { scopes: ['tools:call', 'tools:admin'] }),
-      client('burst')
+      client('burst'),
+      // A quota of one call a day: its balance travels through nginx, and the metered location
+      // spends it (three requests in all, within the perSubject limit of 3).
+      client('metered', { quota: { limit: 1, window: '1d' } })
     ]
   })
   const { app, port: tollgatePort } = await listenApp(t, config)
   const upstream = await startUpstream(t, {
     handler: (req, res) => {
       res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ ok: true, path: req.url, subject: req.headers['x-auth-subject'] ?? null }))
+      res.end(JSON.stringify({ ok: true, path: req.url, subject: req.headers['x-auth-subject'] ?? null, remaining: req.headers['x-auth-quota-remaining'] ?? null }))
     }
   })
   const nginxPort = await freePort()
@@ -109,12 +112,13 @@ http {
   const agent = (await issue(app, {}, 'agent')).access_token as string
   const operator = (await issue(app, {}, 'operator')).access_token as string
   const burst = (await issue(app, {}, 'burst')).access_token as string
+  const metered = (await issue(app, {}, 'metered')).access_token as string
 
   t.test('a valid token reaches the upstream with X-Auth-Subject, and without the token', async t => {
     const before = upstream.seen.length
     const res = await get(nginxPort, '/orders?id=7', { authorization: `Bearer ${agent}`, 'x-auth-subject': 'forged-admin' })
     t.equal(res.status, 200, res.body)
-    t.same(JSON.parse(res.body), { ok: true, path: '/orders?id=7', subject: 'agent' })
+    t.same(JSON.parse(res.body), { ok: true, path: '/orders?id=7', subject: 'agent', remaining: null })
     t.equal(upstream.seen.length, before + 1)
     const seen = upstream.seen.at(-1)?.headers ?? {}
     t.equal(seen['x-auth-subject'], 'agent', 'the client-sent X-Auth-Subject was replaced by Tollgate\'s')
@@ -179,6 +183,61 @@ http {
     const retryAfter = headerValues(res, 'retry-after')
     t.equal(retryAfter.length, 1)
     t.ok(Number(retryAfter[0]) > 0, 'Retry-After is a positive number of seconds')
+    t.equal(upstream.seen.length, before)
+  })
+
+  t.test('metering through nginx: the balance is passed on, then a spent quota is 429 for the client', async t => {
+    const quota = async (): Promise<any> => (await app.inject({ method: 'GET', url: '/quota', headers: { authorization: `Bearer ${metered}` } })).json()
+    const balance = (res: Answer): string[][] => ['x-auth-quota-limit', 'x-auth-quota-remaining', 'x-auth-quota-reset'].map(name => headerValues(res, name))
+
+    // An unmetered location: the balance reaches the client and the application; nothing is charged.
+    const plain = await get(nginxPort, '/orders', { authorization: `Bearer ${metered}`, 'x-auth-quota-remaining': '999' })
+    t.equal(plain.status, 200, plain.body)
+    t.match(balance(plain), [['1'], ['1'], [/^[1-9][0-9]*$/]], 'one X-Auth-Quota-* each, with Tollgate\'s values')
+    t.ok(Number(headerValues(plain, 'x-auth-quota-reset')[0]) <= 86400)
+    t.equal(JSON.parse(plain.body).remaining, '1', 'the application gets Tollgate\'s balance, not the client\'s forged one')
+    t.match(await quota(), { used: 0 })
+
+    // The metered location charges 1: the answer carries the balance after the charge.
+    const before = upstream.seen.length
+    const charged = await get(nginxPort, '/metered/report', { authorization: `Bearer ${metered}` })
+    t.equal(charged.status, 200, charged.body)
+    t.same(headerValues(charged, 'x-auth-quota-remaining'), ['0'])
+    t.equal(JSON.parse(charged.body).path, '/metered/report')
+    t.equal(upstream.seen.length, before + 1)
+    t.match(await quota(), { used: 1, remaining: 0 }, 'the charge is on the counter GET /quota reads')
+
+    // Spent: 429 for the client, with Retry-After and the RateLimit fields; the application is not asked.
+    const spent = await get(nginxPort, '/metered/report', { authorization: `Bearer ${metered}` })
+    t.equal(spent.status, 429, spent.body)
+    t.match(JSON.parse(spent.body), { status: 429, code: 'quota_exceeded' })
+    t.equal(spent.headers['content-type'], 'application/problem+json')
+    const retryAfter = headerValues(spent, 'retry-after')
+    t.equal(retryAfter.length, 1)
+    t.ok(Number(retryAfter[0]) > 0 && Number(retryAfter[0]) <= 86400, 'Retry-After: seconds until the window resets')
+    t.same(headerValues(spent, 'ratelimit-policy'), ['"quota";q=1;w=86400'])
+    t.same(headerValues(spent, 'ratelimit'), [`"quota";r=0;t=${retryAfter[0] ?? ''}`])
+    t.equal(upstream.seen.length, before + 1, 'the application was not reached')
+    t.match(await quota(), { used: 1 }, 'a refused charge takes nothing')
+  })
+
+  t.test('a token without a quota passes the metered location uncharged and without a balance', async t => {
+    const res = await get(nginxPort, '/metered/report', { authorization: `Bearer ${operator}` })
+    t.equal(res.status, 200, res.body)
+    t.same(headerValues(res, 'x-auth-quota-remaining'), [])
+    t.same(headerValues(res, 'x-auth-quota-limit'), [])
+    t.equal(JSON.parse(res.body).remaining, null)
+  })
+
+  // Last: it stops Tollgate. With no answer from Tollgate the metered location fails closed as a
+  // 500, not as the 429 the previous test saw (the @tollgate_500 location tells them apart).
+  t.test('Tollgate gone: the metered location answers 500, the application is not reached', async t => {
+    await app.close()
+    const before = upstream.seen.length
+    const res = await get(nginxPort, '/metered/report', { authorization: `Bearer ${metered}` })
+    t.equal(res.status, 500, res.body)
+    t.match(JSON.parse(res.body), { status: 500, code: 'internal_error' })
+    t.same(headerValues(res, 'retry-after'), [])
     t.equal(upstream.seen.length, before)
   })
 }

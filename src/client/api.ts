@@ -73,7 +73,7 @@ export interface paths {
         };
         /**
          * Forward-auth decision
-         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only, or, for a DPoP-bound token, `Authorization: DPoP` with a `DPoP` proof (RFC 9449) whose `htm`/`htu` name the original request: behind a trusted proxy, `X-Forwarded-Method` and `X-Forwarded-Proto`/`-Host`/`-Uri`; otherwise GET `<publicUrl>/validate`. A refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403.
+         * @description For nginx `auth_request`, Traefik ForwardAuth and Envoy ext_authz. The token is read from `Authorization: Bearer` only, or, for a DPoP-bound token, `Authorization: DPoP` with a `DPoP` proof (RFC 9449) whose `htm`/`htu` name the original request: behind a trusted proxy, `X-Forwarded-Method` and `X-Forwarded-Proto`/`-Host`/`-Uri`; otherwise GET `<publicUrl>/validate`. A refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`. 200 carries `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scope` and `X-Auth-Audience`; 401 and 403 carry an RFC 6750 `WWW-Authenticate` challenge. A rate-limited caller gets 403 with `Retry-After`, since a forwarding proxy passes on only 401 and 403. For a token with a `quota` claim, 200 also carries `X-Auth-Quota-Limit`, `X-Auth-Quota-Remaining` and `X-Auth-Quota-Reset`. With `charge=N`, the subject's quota is charged N atomically, on the same counter as /call; a spent quota is 429 quota_exceeded with `Retry-After` and the RateLimit fields. A token without a quota claim is not metered: nothing is charged and it gets 200.
          */
         get: operations["forwardAuth"];
         put?: never;
@@ -781,6 +781,8 @@ export interface operations {
                 audience?: string;
                 /** @description Space-separated scopes the token must carry */
                 scope?: string;
+                /** @description Charge the subject's quota this much (an integer from 0 to 1000000000), atomically and on the same counter as /call; a token without a quota claim is not metered */
+                charge?: string;
             };
             header?: never;
             path?: never;
@@ -799,6 +801,12 @@ export interface operations {
                     "X-Auth-Scope"?: string;
                     /** @description The token's audiences, space-separated */
                     "X-Auth-Audience"?: string;
+                    /** @description The quota's limit per window, when the token has a quota claim */
+                    "X-Auth-Quota-Limit"?: string;
+                    /** @description What is left in the current window (after this request's charge), when the token has a quota claim */
+                    "X-Auth-Quota-Remaining"?: string;
+                    /** @description Seconds until the current window resets, when the token has a quota claim */
+                    "X-Auth-Quota-Reset"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -809,6 +817,15 @@ export interface operations {
                         scope: string;
                         aud: string[];
                     };
+                };
+            };
+            /** @description A malformed query: a `charge` that is not an integer from 0 to 1000000000 written without leading zeros, or a repeated parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description No token, or an invalid, expired or revoked one, or one without the required audience */
@@ -829,6 +846,21 @@ export interface operations {
                     "WWW-Authenticate"?: string;
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description With `charge`: the quota is spent (quota_exceeded); nothing was charged */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
+                    "RateLimit-Policy"?: string;
+                    /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
+                    RateLimit?: string;
                     [name: string]: unknown;
                 };
                 content: {

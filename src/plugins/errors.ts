@@ -12,7 +12,7 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Errors on this route use RFC 6749 §5.2 JSON. */
     oauth?: boolean
-    /** Forward-auth route: a proxy understands only 2xx, 401 and 403. */
+    /** Forward-auth route: a proxy understands only 2xx, 401 and 403 (rate limits answer 403 there). */
     forwardAuth?: boolean
     /**
      * The protected resource a 401 names in its challenge (RFC 9728 §5.1): the gateway, or the
@@ -51,7 +51,10 @@ export function toTollgateError (err: unknown): TollgateError {
 export function sendError (request: FastifyRequest, reply: FastifyReply, err: TollgateError): FastifyReply {
   const config = request.routeOptions.config ?? {}
   let status = err.statusCode
-  if (config.forwardAuth === true && status === 429) status = 403
+  // A proxy's forward auth passes on only 401 and 403, so a rate-limited caller gets 403 there. A
+  // spent quota at GET /validate?charge= stays 429 (CONTRACT §10): the shipped proxy examples
+  // turn it into the client's 429.
+  if (config.forwardAuth === true && status === 429 && err.code === 'rate_limited') status = 403
   reply.code(status)
   for (const [name, value] of Object.entries(err.headers)) reply.header(name, value)
   if (config.oauth === true) {
