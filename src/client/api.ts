@@ -1119,7 +1119,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1259,7 +1259,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1394,7 +1394,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1539,7 +1539,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1676,7 +1676,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1818,7 +1818,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1960,7 +1960,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2097,7 +2097,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2234,7 +2234,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2376,7 +2376,7 @@ export interface operations {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
