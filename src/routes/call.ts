@@ -128,14 +128,14 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
    * with a costExpr is priced first from `facts` (src/metering/price.ts); any other is charged its
    * fixed cost without a look at the call.
    */
-  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool, facts: () => CallFacts | Promise<CallFacts>): Promise<void> => {
+  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool, facts: (request: FastifyRequest) => CallFacts | Promise<CallFacts>): Promise<void> => {
     const ctx = request.ctx
     ctx.trace?.enter('limit')
     await limit(limiters, ctx)
     ctx.trace?.enter('meter')
     let cost = tool.cost
     if (tool.price !== undefined) {
-      const known = facts()
+      const known = facts(request)
       cost = priceCall(tool.price, tool.cost, ctx, known instanceof Promise ? await known : known)
     }
     const quotaFields = await meter(quotas, ctx, cost)
@@ -235,6 +235,29 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       settleReply(request, undefined, true).catch(() => {})
     }, rewriteFor?.(answer.headers), beforeEnd)
     return reply
+  }
+
+  /** POST /call: what a costExpr prices (CONTRACT §10): `arguments`, the body's size. */
+  const callFacts = (request: FastifyRequest): CallFacts => ({
+    args: (request.body as { arguments?: unknown }).arguments ?? {},
+    size: request.ctx.body?.length ?? 0,
+    method: 'POST',
+    path: ''
+  })
+
+  /**
+   * A pass-through call priced by a costExpr: its body is read whole (bounded by server.bodyLimit)
+   * and later sent upstream as exactly these bytes; `args` is that body when it is JSON.
+   */
+  const passThroughFacts = async (request: FastifyRequest): Promise<CallFacts> => {
+    const ctx = request.ctx
+    const stream = request.body as Readable | undefined | null
+    if (stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
+      if (Number(request.headers['content-length'] ?? 0) > bodyLimit) throw new PayloadTooLarge()
+      ctx.body = await readCapped(stream, bodyLimit)
+    }
+    const { rest } = splitCallUrl(request.raw.url ?? '')
+    return { args: passThroughArgs(request.headers['content-type'], ctx.body), size: ctx.body?.length ?? 0, method: request.method, path: rest }
   }
 
   /** An MCP tool is reached only at /call/<tool>, where each tools/call is checked and charged. */
@@ -347,10 +370,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
       preHandler: async (request, reply) => {
-        const body = request.body as { tool: string, arguments?: unknown }
-        const tool = authorizeCall(request.ctx, body.tool)
+        const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
         refuseMcp(tool)
-        await limitAndMeter(request, reply, tool, () => ({ args: body.arguments ?? {}, size: request.ctx.body?.length ?? 0, method: 'POST', path: '' }))
+        await limitAndMeter(request, reply, tool, callFacts)
       }
     }, async (request, reply) => {
       const ctx = request.ctx
@@ -377,15 +399,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)
-      await limitAndMeter(request, reply, tool, async () => {
-        // Priced by its body: read it whole (bounded), then send exactly these bytes upstream.
-        const stream = request.body as Readable | undefined | null
-        if (stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
-          if (Number(request.headers['content-length'] ?? 0) > bodyLimit) throw new PayloadTooLarge()
-          ctx.body = await readCapped(stream, bodyLimit)
-        }
-        return { args: passThroughArgs(request.headers['content-type'], ctx.body), size: ctx.body?.length ?? 0, method: request.method, path: rest }
-      })
+      await limitAndMeter(request, reply, tool, passThroughFacts)
     }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
