@@ -9,8 +9,13 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { compileCostExpr } from '../src/metering/price.js'
+import { createContext, meter, reportedCost, settle, settleReported } from '../src/pipeline/index.js'
+import { Quotas } from '../src/quota/index.js'
+import type { Store } from '../src/store/index.js'
+import { SqliteStore } from '../src/store/sqlite.js'
 import { ToolRegistry } from '../src/tools/index.js'
-import { ManualClock, SECRET, build, client, issue, testConfig } from './helper.js'
+import { join } from 'node:path'
+import { ManualClock, SECRET, build, client, issue, tempDir, testConfig } from './helper.js'
 import { rawRequest } from './call-helper.js'
 import { captureLog, type CapturedLog } from './support/logs.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
@@ -189,6 +194,51 @@ t.test('an MCP tool entry with a costExpr prices each tools/call by its params.a
   t.equal(bad.body.code, 'cost_unavailable')
   t.equal(await used(g), 13, 'nothing charged')
   t.equal(up.seen.length, 1, 'nothing forwarded')
+})
+
+t.test('the settle stage alone: Tollgate-Cost values, settling, a refund after it, a store that fails', async t => {
+  for (const [value, want] of [['7', 7], [' 12 ', 12], ['0', 0], ['1000000000', 1e9]] as const) t.equal(reportedCost(value), want, JSON.stringify(value))
+  for (const value of [undefined, '', '-1', '+1', '1.0', '1e3', '0x10', '1000000001', '99999999999', 'ten', ['1', '2']]) t.equal(reportedCost(value), undefined, `malformed: ${JSON.stringify(value)}`)
+
+  const store = SqliteStore.open(join(tempDir(t), 'settle.db'))
+  t.teardown(async () => { await store.close() })
+  const quotas = new Quotas(store, new ManualClock().fn)
+  const tools = new ToolRegistry([
+    { name: 'chat', url: 'http://127.0.0.1:9/chat', audience: 'tool:chat', scopes: [], cost: 5, timeout: 1, refundOnFailure: true, websocket: false, settle: true },
+    { name: 'fixed', url: 'http://127.0.0.1:9/fixed', audience: 'tool:chat', scopes: [], cost: 5, timeout: 1, refundOnFailure: true, websocket: false }
+  ])
+  const warnings: string[] = []
+  const log = { warn: (_obj: object, msg: string) => { warnings.push(msg) } }
+  const charged = async (tool: string): Promise<ReturnType<typeof createContext>> => {
+    const ctx = createContext('r', '127.0.0.1')
+    ctx.principal = { sub: 'agent', clientId: 'agent', claims: { quota: { limit: 10, window: 86400 } } } as any
+    ctx.tool = tools.get(tool)
+    await meter(quotas, ctx, 5)
+    return ctx
+  }
+  const usedNow = async (): Promise<number> => (await quotas.usage('agent', { limit: 10, window: 86400 })).used
+
+  const ctx = await charged('chat')
+  t.same(await settleReported(quotas, ctx, 8, log), { 'ratelimit-policy': '"quota";q=10;w=86400', ratelimit: '"quota";r=2;t=43200' })
+  t.equal(ctx.charged, 8)
+  t.equal(await usedNow(), 8)
+  t.ok(await settle(quotas, ctx, true, log), 'the body broke off afterwards: refunded')
+  t.equal(await usedNow(), 0, 'the refund gave back the settled 8, not the reserved 5')
+  t.equal(ctx.charged, 0)
+  t.equal(await settleReported(quotas, ctx, 3, log), undefined, 'a refunded call is not settled again')
+  t.equal(await usedNow(), 0)
+
+  const fixed = await charged('fixed')
+  t.equal(await settleReported(quotas, fixed, 1, log), undefined, 'a tool without settle: true keeps its charge')
+  t.equal(fixed.charged, 5)
+  t.equal(await usedNow(), 5)
+
+  const failing = new Quotas(new Proxy(store, { get: (target, name) => name === 'settleQuota' ? async () => { throw new Error('down') } : Reflect.get(target, name, target) }) as Store, new ManualClock().fn)
+  const kept = await charged('chat')
+  t.equal(await settleReported(failing, kept, 9, log), undefined)
+  t.equal(kept.charged, 5, 'a settlement the store cannot take keeps the reservation')
+  t.same(warnings, ['quota settlement failed'])
+  t.equal(await usedNow(), 10)
 })
 
 /** Upstream answers for settlement: the reported cost comes from the request (`report`). */
