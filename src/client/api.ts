@@ -1113,6 +1113,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1253,6 +1255,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1388,6 +1392,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1533,6 +1539,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1670,6 +1678,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1812,6 +1822,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1954,6 +1966,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2091,6 +2105,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2228,6 +2244,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2370,6 +2388,8 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {

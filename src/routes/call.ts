@@ -60,7 +60,7 @@ const errorResponses = {
 }
 
 /** The tool's own answer: any status, media type and body, streamed back unchanged. */
-const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: headers.quota })
+const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: { ...headers.quota, ...headers.charged } })
 
 const CALL_HEADERS_DOC = 'A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
 
