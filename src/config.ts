@@ -10,11 +10,21 @@ import { join, resolve } from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
 import { parse as parseYaml } from 'yaml'
+import { compileCostExpr, type Pricer } from './metering/price.js'
 
 export class ConfigError extends Error {
   constructor (readonly key: string, message: string) {
     super(`config: ${key === '' ? '(root)' : key}: ${message}`)
     this.name = 'ConfigError'
+  }
+}
+
+/** A `costExpr` compiled (CONTRACT §10), or a ConfigError naming `key`. */
+export function compileCost (source: string, key: string): Pricer {
+  try {
+    return compileCostExpr(source)
+  } catch (err) {
+    throw new ConfigError(key, (err as Error).message)
   }
 }
 
@@ -73,6 +83,10 @@ const ToolSchema = Type.Object({
   audience: Type.String({ minLength: 1 }),
   scopes: Type.Array(ScopeToken, { default: [] }),
   cost: Type.Integer({ minimum: 0, default: 1 }),
+  // A CEL expression priced per call (CONTRACT §10, src/metering/price.ts); replaces `cost` when set.
+  costExpr: Type.Optional(Type.String({ minLength: 1 })),
+  // The tool may report what a call really cost in a Tollgate-Cost header or trailer (CONTRACT §10).
+  settle: Type.Optional(Type.Boolean({ default: false })),
   timeout: Type.Number({ exclusiveMinimum: 0, default: 30 }),
   auth: Type.Optional(ToolAuth),
   refundOnFailure: Type.Boolean({ default: true }),
@@ -381,11 +395,12 @@ function check (config: Config, env: NodeJS.ProcessEnv): void {
     if (names.has(tool.name)) throw new ConfigError(`${key}.name`, `duplicate tool name ${tool.name}`)
     names.add(tool.name)
     parseToolUrl(tool.url, `${key}.url`)
+    if (tool.costExpr !== undefined) compileCost(tool.costExpr, `${key}.costExpr`)
     if (tool.protocol === 'mcp' && tool.websocket) throw new ConfigError(`${key}.websocket`, 'an MCP tool speaks Streamable HTTP, not WebSocket')
     if (tool.mcpTools !== undefined) {
       if (tool.protocol !== 'mcp') throw new ConfigError(`${key}.mcpTools`, 'only a tool with protocol: mcp has MCP tools')
       for (const [name, entry] of Object.entries(tool.mcpTools)) {
-        if (entry.costExpr !== undefined) throw new ConfigError(`${key}.mcpTools.${name}.costExpr`, 'priced MCP tools (costExpr) are not supported yet: give a fixed cost')
+        if (entry.costExpr !== undefined) compileCost(entry.costExpr, `${key}.mcpTools.${name}.costExpr`)
       }
     }
     const auth = tool.auth

@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'insufficient_scope'
   | 'rate_limited'
   | 'quota_exceeded'
+  | 'cost_unavailable'
   | 'tool_not_found'
   | 'bad_path'
   | 'not_found'

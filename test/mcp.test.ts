@@ -257,12 +257,13 @@ t.test('discovery from a bare 401: resource_metadata, then the authorization ser
   t.same(up.calls, ['echo'])
 })
 
-t.test('config: mcpTools belong to MCP tools, with fixed costs for now', async t => {
+t.test('config: mcpTools belong to MCP tools; a costExpr must compile', async t => {
   const config = (tool: Record<string, unknown>) => loadConfig({ raw: { issuer: 'https://tollgate.test', tools: [{ name: 'm', url: 'http://127.0.0.1:9/mcp', audience: 'tool:m', ...tool }] }, env: { TOLLGATE_SECRET: SECRET } })
   t.equal(config({ protocol: 'mcp', mcpTools: { '*': { cost: 0 } } }).tools[0]?.protocol, 'mcp')
   t.throws(() => config({ mcpTools: { echo: {} } }), /config: tools\.0\.mcpTools/, 'mcpTools without protocol: mcp')
   t.throws(() => config({ protocol: 'mcp', websocket: true }), /config: tools\.0\.websocket/)
-  t.throws(() => config({ protocol: 'mcp', mcpTools: { echo: { costExpr: 'size(args)' } } }), /config: tools\.0\.mcpTools\.echo\.costExpr/)
+  t.throws(() => config({ protocol: 'mcp', mcpTools: { echo: { costExpr: 'size(args) +' } } }), /config: tools\.0\.mcpTools\.echo\.costExpr: does not compile/)
+  t.equal(config({ protocol: 'mcp', mcpTools: { echo: { costExpr: 'size(args)' } } }).tools[0]?.mcpTools?.echo?.costExpr, 'size(args)', 'a priced entry (test/metering-cost.test.ts)')
   t.throws(() => config({ protocol: 'grpc' }), /config: tools\.0\.protocol/)
 })
 

@@ -42,7 +42,7 @@ function authenticated (app: { tokens: { verify: (t: string) => any } }, token: 
 
 t.test('createContext: every field present from the start', async t => {
   const ctx = createContext('id-1', '10.0.0.1')
-  t.same(Object.keys(ctx).sort(), ['body', 'charge', 'clientId', 'id', 'ip', 'principal', 'refunded', 'tool', 'trace', 'upstreamPath', 'mcpListIds', 'usage'].sort())
+  t.same(Object.keys(ctx).sort(), ['body', 'charge', 'charged', 'clientId', 'id', 'ip', 'principal', 'refunded', 'tool', 'trace', 'upstreamPath', 'mcpListIds', 'usage'].sort())
   t.equal(ctx.refunded, false)
   t.throws(() => principalOf(ctx), /before authenticate/, 'a stage that needs the principal refuses to run before authenticate')
 })

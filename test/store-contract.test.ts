@@ -143,6 +143,48 @@ function contract (t: Test, open: Open): void {
     t.equal(await store.getQuota('frank', 0, MIN), 150)
   })
 
+  t.test('quota settlement: reported − reserved applies whatever the limit, never below zero', async t => {
+    const store = await open(t)
+    t.same(await store.consumeQuota('sam', 0, MIN, 10, 4), { granted: true, used: 4 })
+    t.equal(await store.settleQuota('sam', 0, MIN, 3), 7, 'an increase (the tool reported 7 for 4 reserved)')
+    t.equal(await store.settleQuota('sam', 0, MIN, 9), 16, 'an increase applies even past the limit of 10')
+    t.equal(await store.getQuota('sam', 0, MIN), 16)
+    t.same(await store.consumeQuota('sam', 0, MIN, 10, 0), { granted: false, used: 16 }, 'past the limit: the next call is refused, even at cost 0')
+    t.equal(await store.settleQuota('sam', 0, MIN, -5), 11, 'a decrease gives back')
+    t.equal(await store.settleQuota('sam', 0, MIN, -100), 0, 'a refund never goes below zero')
+    t.same(await store.consumeQuota('sam', 0, MIN, 10, 10), { granted: true, used: 10 }, 'the room is there again')
+    t.equal(await store.settleQuota('sam', 0, MIN, 0), 10, 'zero changes nothing')
+    t.equal(await store.settleQuota('tia', 0, MIN, -3), 0, 'a decrease on an unused window stays zero')
+    t.equal(await store.getQuota('tia', 0, MIN), 0)
+    t.equal(await store.settleQuota('uma', 0, MIN, 5), 5, 'an increase on an unused window creates its usage')
+    t.equal(await store.getQuota('uma', 0, MIN), 5)
+    t.equal(await store.getQuota('uma', MIN, MIN), 0, 'only in that window')
+  })
+
+  t.test('quota settlement: 100 concurrent settlements, charges and refunds stay exact', async t => {
+    const store = await open(t)
+    // 50 calls reserve 4 each; half settle at 9 (+5), half at 1 (−3): 50·4 + 25·5 − 25·3 = 250.
+    await Promise.all(Array.from({ length: 50 }, async (_, i) => {
+      const r = await store.consumeQuota('vic', 0, MIN, 1000, 4)
+      t.ok(r.granted)
+      await store.settleQuota('vic', 0, MIN, i % 2 === 0 ? 5 : -3)
+    }))
+    t.equal(await store.getQuota('vic', 0, MIN), 250)
+    // Increases race past a limit: every one applies (the work was done), charges stop at the limit.
+    await store.consumeQuota('walt', 0, MIN, 20, 20)
+    const raced = await Promise.all(Array.from({ length: 60 }, async (_, i) => i % 3 === 0
+      ? await store.settleQuota('walt', 0, MIN, 2)
+      : (await store.consumeQuota('walt', 0, MIN, 20, 1)).granted))
+    t.equal(raced.filter(r => r === true).length, 0, 'no charge is granted past the limit')
+    t.equal(await store.getQuota('walt', 0, MIN), 20 + 20 * 2, 'all 20 increases applied')
+    // Concurrent refunds bigger than the usage clamp at zero, whatever their order.
+    await store.consumeQuota('xena', 0, MIN, 100, 30)
+    const after = await Promise.all(Array.from({ length: 20 }, async () => await store.settleQuota('xena', 0, MIN, -7)))
+    t.ok(after.every(u => u >= 0), 'no settlement ever reports a usage below zero')
+    t.equal(Math.min(...after), 0)
+    t.equal(await store.getQuota('xena', 0, MIN), 0, 'never below zero')
+  })
+
   t.test('refresh: rotation moves the family to the new token; every token finds its family', async t => {
     const store = await open(t)
     const f = family()

@@ -1145,13 +1145,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1285,13 +1287,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1420,13 +1424,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1565,13 +1571,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1702,13 +1710,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1844,13 +1854,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1986,13 +1998,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2123,13 +2137,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2260,13 +2276,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2402,13 +2420,15 @@ export interface operations {
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
+                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
+                    "Tollgate-Charged"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "*/*": unknown;
                 };
             };
-            /** @description Malformed request, or (pass-through) a path that would leave the tool's base (bad_path) */
+            /** @description Malformed request, (pass-through) a path that would leave the tool's base (bad_path), or a call the tool's costExpr cannot price (cost_unavailable: nothing charged or forwarded) */
             400: {
                 headers: {
                     [name: string]: unknown;

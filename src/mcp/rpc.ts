@@ -5,6 +5,7 @@
 // MCP tools the caller's scopes allow, in a JSON answer or in an SSE stream, event by event, so a
 // streamed answer still arrives in parts. Answers to anything else are relayed untouched.
 import { InsufficientScope, TollgateError } from '../errors.js'
+import type { Pricer } from '../metering/price.js'
 import type { McpToolRule, Tool } from '../tools/index.js'
 
 /** What one POSTed JSON-RPC message or batch costs, and the ids of its `tools/list` requests. */
@@ -34,7 +35,7 @@ function invalid (detail: string): TollgateError {
  * 404 for a `tools/call` of an MCP tool that has no entry (and no `*`), 403 insufficient_scope with
  * the entry's scopes when the caller lacks one. Resolves with the total cost.
  */
-export function planRequest (tool: Tool, scopes: ReadonlySet<string>, body: unknown): RpcPlan {
+export function planRequest (tool: Tool, scopes: ReadonlySet<string>, body: unknown, price?: (pricer: Pricer, args: unknown) => number): RpcPlan {
   const messages = Array.isArray(body) ? body : [body]
   if (messages.length === 0) throw invalid('an empty JSON-RPC batch')
   const plan: RpcPlan = { cost: 0, listIds: new Set() }
@@ -50,7 +51,10 @@ export function planRequest (tool: Tool, scopes: ReadonlySet<string>, body: unkn
       const rule = ruleFor(tool, name)
       if (rule === undefined) throw new TollgateError('tool_not_found', 404, `MCP tool ${JSON.stringify(name.slice(0, 128))} is not offered through ${tool.name}`)
       if (!permits(rule, scopes)) throw new InsufficientScope(rule.scopes.join(' '), `calling MCP tool ${JSON.stringify(name.slice(0, 128))} needs scope ${rule.scopes.join(' ')}`)
-      plan.cost += rule.cost
+      // A priced entry (costExpr): its `args` are the call's params.arguments (CONTRACT §10, §12).
+      if (rule.price === undefined) plan.cost += rule.cost
+      else if (price === undefined) throw new Error('planRequest: a priced MCP tool needs a price function')
+      else plan.cost += price(rule.price, (params as { arguments?: unknown }).arguments ?? {})
     } else if (method === 'tools/list' && (typeof id === 'string' || typeof id === 'number')) {
       plan.listIds.add(id)
     }

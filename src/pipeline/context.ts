@@ -18,7 +18,7 @@ export interface RequestContext {
   clientId: string | undefined
   /** authorize: the tool called. */
   tool: Tool | undefined
-  /** The raw bytes of a POST /call body, sent upstream unchanged. */
+  /** The raw bytes of a POST /call body (or of a pass-through body priced by a costExpr), sent upstream unchanged. */
   body: Buffer | undefined
   /** The checked upstream path and query of a pass-through call. */
   upstreamPath: string | undefined
@@ -30,6 +30,8 @@ export interface RequestContext {
   usage: QuotaUsage | undefined
   /** settle: set once the charge was given back, so a call is refunded at most once. */
   refunded: boolean
+  /** settle: what the call was finally charged (the reservation, or what the tool reported), for the audit line. */
+  charged: number | undefined
   /** The request's spans (src/tracing.ts) when tracing is on; stages are traced through `trace?.`. */
   trace: RequestTrace | undefined
 }
@@ -48,6 +50,7 @@ export function createContext (id: string, ip: string): RequestContext {
     charge: undefined,
     usage: undefined,
     refunded: false,
+    charged: undefined,
     trace: undefined
   }
 }

@@ -7,5 +7,5 @@ export { authorize, authorizeTool, requireAudience, requireScopes } from './auth
 export { limit, type Limiters } from './limit.js'
 export { meter } from './meter.js'
 export { relayHeaders, toolCredential, type Arrival } from './relay.js'
-export { settle, type SettleLog } from './settle.js'
+export { settle, settleReported, reportedCost, COST_FIELD, CHARGED_FIELD, type SettleLog } from './settle.js'
 export { headerSafe, isHeaderSafe } from './header-safe.js'

@@ -27,6 +27,7 @@ export async function meter (quotas: Quotas, ctx: RequestContext, cost: number):
     throw err
   }
   ctx.charge = charge
+  ctx.charged = cost
   ctx.usage = charge.usage
   return headers
 }

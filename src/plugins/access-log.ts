@@ -1,7 +1,7 @@
 // The access log (CONTRACT §7 `accessLog`): one JSON line per request, written when the answer is
 // finished, in place of Fastify's two ("incoming request", "request completed"). Fields: time,
 // pid, hostname, reqId, method, path (never the query: it may carry anything), status, ms, ip, and
-// when known sub, client_id and tool. Written at `info` to the app logger's destination; off with
+// when known sub, client_id, tool and (a metered call) charged. Written at `info` to the app logger's destination; off with
 // `accessLog: false` or a level above info.
 //
 // The line goes through its own pino logger on the same destination, without the redaction pass:
@@ -52,7 +52,9 @@ export default fp(async function accessLog (app: FastifyInstance) {
       ip: ctx?.ip ?? request.ip,
       sub: principal?.sub,
       client_id: principal?.clientId ?? ctx?.clientId,
-      tool: ctx?.tool?.name
+      tool: ctx?.tool?.name,
+      // What a metered call was charged (after a refund or a settlement, CONTRACT §10).
+      charged: ctx?.charged
     }, 'request')
     done()
   })

@@ -76,8 +76,9 @@ export function upstreamRequestHeaders (incoming: IncomingHttpHeaders, ctx: Forw
   return out
 }
 
-// Quota fields are Tollgate's to send: a tool's own never reach the caller.
-const GATEWAY_ANSWER = new Set(['ratelimit', 'ratelimit-policy'])
+// Quota fields are Tollgate's to send: a tool's own never reach the caller. Nor does the cost a tool
+// reports for settlement (CONTRACT §10), or a Tollgate-Charged it made up.
+const GATEWAY_ANSWER = new Set(['ratelimit', 'ratelimit-policy', 'tollgate-cost', 'tollgate-charged'])
 
 /** The upstream's response headers for the caller: without hop-by-hop fields or the tool's RateLimit fields. */
 export function callerResponseHeaders (incoming: Record<string, string | string[] | undefined>): Record<string, string | string[]> {

@@ -104,6 +104,10 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   #onBodyError: ((err: Error) => void) | undefined
   /** Set by relayTo for an answer Tollgate must edit on the way (an MCP tools/list answer). */
   #rewrite: BodyRewriter | undefined
+  /** The upstream's trailers (a chunked answer's), once it ended. */
+  #trailers: Record<string, string | string[] | undefined> | undefined
+  /** Set by relayTo: runs on the trailers before the caller's answer ends (settlement, CONTRACT §10). */
+  #beforeEnd: ((trailers: Record<string, string | string[] | undefined>) => Promise<void>) | undefined
 
   constructor (readonly resolve: (answer: UpstreamAnswer) => void, readonly reject: (err: TollgateError) => void) {}
 
@@ -148,7 +152,8 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd (): void {
+  onResponseEnd (_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+    this.#trailers = trailers
     this.#ended = true
     const res = this.#res
     if (res === undefined) return
@@ -167,7 +172,14 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
       }
       if (tail !== undefined) res.write(tail)
     }
-    res.end()
+    const beforeEnd = this.#beforeEnd
+    if (beforeEnd === undefined) {
+      res.end()
+      return
+    }
+    // The answer ends once the hook is done, so what it settles is in the answer's log line. The
+    // upstream's trailers are never relayed.
+    beforeEnd(this.#trailers ?? {}).then(() => res.end(), () => res.end())
   }
 
   onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
@@ -181,11 +193,14 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
 
   /**
    * Writes the status and `headers` to the caller's response and relays the body into it.
-   * `onBodyError` hears of a body that breaks off (not of the caller going away).
+   * `onBodyError` hears of a body that breaks off (not of the caller going away); `beforeEnd`, when
+   * given, gets the upstream's trailers once its body is complete, and the caller's answer ends when
+   * it settles.
    */
-  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter): void {
+  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter, beforeEnd?: (trailers: Record<string, string | string[] | undefined>) => Promise<void>): void {
     this.#res = res
     this.#onBodyError = onBodyError
+    this.#beforeEnd = beforeEnd
     if (rewrite !== undefined) {
       // The body changes length: it goes out chunked.
       this.#rewrite = rewrite
@@ -240,4 +255,22 @@ export function capBody (source: Readable, limit: number): Readable {
   })
   source.on('error', err => cap.destroy(err))
   return source.pipe(cap)
+}
+
+/**
+ * Reads a streamed request body whole (a pass-through call priced by its body, CONTRACT §10), 413
+ * once more than `limit` bytes arrived. The bytes are then sent upstream exactly as read.
+ */
+export async function readCapped (source: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let seen = 0
+  for await (const chunk of source) {
+    seen += (chunk as Buffer).length
+    if (seen > limit) {
+      source.destroy()
+      throw new PayloadTooLarge()
+    }
+    chunks.push(chunk as Buffer)
+  }
+  return Buffer.concat(chunks, seen)
 }

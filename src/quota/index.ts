@@ -50,6 +50,14 @@ export class Quotas {
     }
   }
 
+  /**
+   * Settles a charge by `delta` (reported − reserved, CONTRACT §10) in the charge's own window:
+   * never below 0, an increase even past the limit. Resolves with the usage after it.
+   */
+  async settle (receipt: Charge['receipt'], delta: number): Promise<number> {
+    return await this.store.settleQuota(receipt.sub, receipt.windowStart, receipt.windowMs, delta)
+  }
+
   async refund (receipt: Charge['receipt']): Promise<void> {
     if (receipt.cost > 0) await this.store.refundQuota(receipt.sub, receipt.windowStart, receipt.windowMs, receipt.cost)
   }

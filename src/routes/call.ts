@@ -8,11 +8,12 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, Hook
 import { Type } from 'typebox'
 import { duplicateKey } from '../json/duplicate-keys.js'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
-import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival, type RequestContext } from '../pipeline/index.js'
+import { CHARGED_FIELD, COST_FIELD, authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, reportedCost, settle, settleReported, type Arrival, type RequestContext } from '../pipeline/index.js'
+import { CostUnavailable, priceCall, type CallFacts } from '../metering/price.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
-import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
+import { Upstreams, capBody, readCapped, translate, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
 import { listFilterFor, planRequest, type BodyRewriter } from '../mcp/rpc.js'
 import { headers, problem, response } from '../schemas/index.js'
@@ -27,13 +28,26 @@ export function refusalReason (err: unknown): string {
 
 const PASS_THROUGH_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
 
+/** application/json and any `+json` media type (RFC 6839 §3.1): a pass-through body priced as `args`. */
+const JSON_MEDIA = /^application\/(?:[a-z0-9!#$&^_.+-]*\+)?json\s*(?:;|$)/i
+
+/** A pass-through call's `args` (CONTRACT §10): its JSON body when there is one, else {}. */
+function passThroughArgs (contentType: string | undefined, body: Buffer | undefined): unknown {
+  if (body === undefined || body.length === 0 || contentType === undefined || !JSON_MEDIA.test(contentType)) return {}
+  try {
+    return JSON.parse(body.toString('utf8'))
+  } catch {
+    throw new CostUnavailable('the body is sent as JSON but does not parse, so its costExpr cannot price it')
+  }
+}
+
 const CallRequestSchema = Type.Object({
   tool: Type.String({ minLength: 1, description: 'The configured tool name' }),
   arguments: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'Passed to the tool as part of the unchanged body' }))
 }, { additionalProperties: true })
 
 const errorResponses = {
-  400: problem('Malformed request, or (pass-through) a path that would leave the tool\'s base (bad_path)'),
+  400: problem('Malformed request, (pass-through) a path that would leave the tool\'s base (bad_path), or a call the tool\'s costExpr cannot price (cost_unavailable: nothing charged or forwarded)'),
   401: problem('No token, or an invalid, expired or revoked one, or one without the tool\'s audience', headers.wwwAuthenticateBearer),
   403: problem('The token lacks a scope the tool requires (insufficient_scope)', headers.wwwAuthenticateBearer),
   404: problem('No such tool (tool_not_found)'),
@@ -46,7 +60,7 @@ const errorResponses = {
 }
 
 /** The tool's own answer: any status, media type and body, streamed back unchanged. */
-const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: headers.quota })
+const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: { ...headers.quota, ...headers.charged } })
 
 const CALL_HEADERS_DOC = 'A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
 
@@ -109,13 +123,22 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     done()
   }
 
-  /** preHandler: limit → meter, after authorize (and, for a pass-through, the path check). */
-  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool): Promise<void> => {
+  /**
+   * preHandler: limit → meter, after authorize (and, for a pass-through, the path check). A tool
+   * with a costExpr is priced first from `facts` (src/metering/price.ts); any other is charged its
+   * fixed cost without a look at the call.
+   */
+  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool, facts: (request: FastifyRequest) => CallFacts | Promise<CallFacts>): Promise<void> => {
     const ctx = request.ctx
     ctx.trace?.enter('limit')
     await limit(limiters, ctx)
     ctx.trace?.enter('meter')
-    const quotaFields = await meter(quotas, ctx, tool.cost)
+    let cost = tool.cost
+    if (tool.price !== undefined) {
+      const known = facts(request)
+      cost = priceCall(tool.price, tool.cost, ctx, known instanceof Promise ? await known : known)
+    }
+    const quotaFields = await meter(quotas, ctx, cost)
     ctx.trace?.leave()
     if (quotaFields !== undefined) reply.headers(quotaFields)
   }
@@ -185,8 +208,22 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     metrics.observeUpstream(tool.name, Number(process.hrtime.bigint() - started) / 1e9)
     trace?.upstreamAnswered(answer.statusCode)
     if (answer.statusCode >= 500) await settleReply(request, reply, true)
-    // The tool's headers (callerResponseHeaders); Tollgate's own (request id, quota) win over
-    // anything the tool sent under the same names.
+    // Settlement (CONTRACT §10): the tool's Tollgate-Cost header settles the charge now, and the
+    // caller hears what it was charged; without one, a trailer may settle it before the answer ends.
+    let beforeEnd: ((trailers: Record<string, string | string[] | undefined>) => Promise<void>) | undefined
+    const ctx = request.ctx
+    if (tool.settle && ctx.charge !== undefined && !ctx.refunded) {
+      const reported = answer.headers[COST_FIELD]
+      if (reported !== undefined) {
+        const quotaFields = await settleReported(quotas, ctx, reportedCost(reported), request.log)
+        if (quotaFields !== undefined) reply.headers(quotaFields)
+        reply.header(CHARGED_FIELD, String(ctx.charged))
+      } else {
+        beforeEnd = async trailers => { await settleReported(quotas, ctx, reportedCost(trailers[COST_FIELD]), request.log) }
+      }
+    }
+    // The tool's headers (callerResponseHeaders, never its Tollgate-Cost); Tollgate's own
+    // (request id, quota, Tollgate-Charged) win over anything the tool sent under the same names.
     const headers: OutgoingHttpHeaders = callerResponseHeaders(answer.headers)
     Object.assign(headers, reply.getHeaders())
     headers['x-request-id'] = request.id
@@ -196,8 +233,31 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     answer.relayTo(reply.raw, headers, (err) => {
       trace?.upstreamFailed(err)
       settleReply(request, undefined, true).catch(() => {})
-    }, rewriteFor?.(answer.headers))
+    }, rewriteFor?.(answer.headers), beforeEnd)
     return reply
+  }
+
+  /** POST /call: what a costExpr prices (CONTRACT §10): `arguments`, the body's size. */
+  const callFacts = (request: FastifyRequest): CallFacts => ({
+    args: (request.body as { arguments?: unknown }).arguments ?? {},
+    size: request.ctx.body?.length ?? 0,
+    method: 'POST',
+    path: ''
+  })
+
+  /**
+   * A pass-through call priced by a costExpr: its body is read whole (bounded by server.bodyLimit)
+   * and later sent upstream as exactly these bytes; `args` is that body when it is JSON.
+   */
+  const passThroughFacts = async (request: FastifyRequest): Promise<CallFacts> => {
+    const ctx = request.ctx
+    const stream = request.body as Readable | undefined | null
+    if (stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
+      if (Number(request.headers['content-length'] ?? 0) > bodyLimit) throw new PayloadTooLarge()
+      ctx.body = await readCapped(stream, bodyLimit)
+    }
+    const { rest } = splitCallUrl(request.raw.url ?? '')
+    return { args: passThroughArgs(request.headers['content-type'], ctx.body), size: ctx.body?.length ?? 0, method: request.method, path: rest }
   }
 
   /** An MCP tool is reached only at /call/<tool>, where each tools/call is checked and charged. */
@@ -244,7 +304,8 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       ctx.upstreamPath = upstreamPath(tool, '', search)
       let cost = 0
       if (request.method === 'POST') {
-        const plan = planRequest(tool, principalOf(ctx).scopes, request.body)
+        const principal = principalOf(ctx)
+        const plan = planRequest(tool, principal.scopes, request.body, (price, args) => priceCall(price, 0, ctx, { args, size: ctx.body?.length ?? 0, method: 'POST', path: '' }))
         cost = plan.cost
         ctx.mcpListIds = plan.listIds
       }
@@ -311,7 +372,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       preHandler: async (request, reply) => {
         const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
         refuseMcp(tool)
-        await limitAndMeter(request, reply, tool)
+        await limitAndMeter(request, reply, tool, callFacts)
       }
     }, async (request, reply) => {
       const ctx = request.ctx
@@ -338,7 +399,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)
-      await limitAndMeter(request, reply, tool)
+      await limitAndMeter(request, reply, tool, passThroughFacts)
     }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
@@ -357,8 +418,8 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         metrics.countCall(tool.name, 101)
         return undefined
       }
-      let body: Readable | null = null
-      if (request.body !== undefined && request.body !== null && typeof (request.body as Readable).pipe === 'function') {
+      let body: Buffer | Readable | null = ctx.body ?? null
+      if (body === null && request.body !== undefined && request.body !== null && typeof (request.body as Readable).pipe === 'function') {
         const length = Number(request.headers['content-length'] ?? 0)
         if (length > bodyLimit) throw new PayloadTooLarge()
         body = capBody(request.body as Readable, bodyLimit)

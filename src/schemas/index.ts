@@ -164,7 +164,8 @@ export const headers = {
   quota: {
     'RateLimit-Policy': header('draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota'),
     RateLimit: header('draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota')
-  }
+  },
+  charged: { 'Tollgate-Charged': header('CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header') }
 }
 
 /**

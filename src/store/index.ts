@@ -97,6 +97,12 @@ export interface Store {
   /** Gives back `cost` (never below zero). */
   refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void>
   getQuota (sub: string, windowStart: number, windowMs: number): Promise<number>
+  /**
+   * Settlement (CONTRACT §10): adds `delta` (negative gives back) to the window's usage whatever the
+   * limit, never below zero; resolves with the usage after it. Creates the window's record when an
+   * increase finds none.
+   */
+  settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number>
 
   // ---- refresh-token families
   createFamily (family: RefreshFamily, tokenHash: string): Promise<void>

@@ -117,6 +117,21 @@ if not used then return 0 end
 redis.call('SET', KEYS[1], math.max(0, used - tonumber(ARGV[1])), 'KEEPTTL')
 return 1`
   },
+  // KEYS: quota key. ARGV: delta, windowEnd, grace. Settlement: whatever the limit, never below
+  // zero; a window with no record gets one (an increase) with the window's TTL.
+  tgSettle: {
+    numberOfKeys: 1,
+    lua: LUA_EXPIRE_AT + `
+local before = redis.call('GET', KEYS[1])
+local used = math.max(0, tonumber(before or '0') + tonumber(ARGV[1]))
+if before then
+  redis.call('SET', KEYS[1], string.format('%.0f', used), 'KEEPTTL')
+elseif used > 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', used))
+  redis.call('PEXPIREAT', KEYS[1], expire_at(ARGV[2], ARGV[3]))
+end
+return used`
+  },
   // KEYS: family, token, family tokens, expiry zset. ARGV: data, hash, lastUsedAt, expiresAt, id, grace, revokedAt|''
   tgCreateFamily: {
     numberOfKeys: 4,
@@ -440,6 +455,10 @@ export class RedisStore implements Store {
 
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
     await this.#do(async () => await this.#scripts.tgRefund(this.#quota(sub, windowStart, windowMs), cost))
+  }
+
+  async settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number> {
+    return await this.#do(async () => await this.#scripts.tgSettle(this.#quota(sub, windowStart, windowMs), delta, windowStart + windowMs, SKEW_MS)) as number
   }
 
   async getQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {

@@ -103,6 +103,9 @@ export class SqliteStore implements Store {
         ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = used + excluded.used WHERE used + excluded.used <= ?
         RETURNING used`).pluck(),
       refund: db.prepare('UPDATE quota SET used = max(0, used - ?) WHERE sub = ? AND window_ms = ? AND window_start = ?'),
+      settle: db.prepare(`INSERT INTO quota (sub, window_ms, window_start, used, expires_at) VALUES (?, ?, ?, max(0, ?), ?)
+        ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = max(0, used + ?)
+        RETURNING used`).pluck(),
       getQuota: db.prepare('SELECT used FROM quota WHERE sub = ? AND window_ms = ? AND window_start = ?').pluck(),
       insertFamily: db.prepare(`INSERT INTO families (id, client_id, sub, scope, aud, extra, created_at, expires_at, current_hash, last_used_at)
         VALUES (@id, @clientId, @sub, @scope, @aud, @extra, @createdAt, @expiresAt, @currentHash, @lastUsedAt)`),
@@ -210,6 +213,11 @@ export class SqliteStore implements Store {
 
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
     this.#stmt.refund.run(cost, sub, windowMs, windowStart)
+  }
+
+  // One upsert: atomic against concurrent charges and settlements, in this process and others.
+  async settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number> {
+    return this.#stmt.settle.get(sub, windowMs, windowStart, delta, windowStart + windowMs, delta) as number
   }
 
   async getQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {

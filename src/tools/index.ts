@@ -2,7 +2,8 @@
 // for the hot path. Owns each tool's parsed base URL, path prefix and credential mode; never
 // talks to a tool, never decides who may call one.
 import type { ToolConfig } from '../config.js'
-import { ConfigError, parseToolUrl } from '../config.js'
+import { ConfigError, compileCost, parseToolUrl } from '../config.js'
+import type { Pricer } from '../metering/price.js'
 import { ToolNotFound } from '../errors.js'
 
 /** Bytes: tools[].maxPayload when unset (ws's own default is 100 MiB). */
@@ -24,6 +25,10 @@ export interface Tool {
   audience: string
   scopes: readonly string[]
   cost: number
+  /** The compiled `costExpr` (CONTRACT §10); undefined for a fixed `cost`. */
+  price: Pricer | undefined
+  /** `settle: true`: the charge is a reservation the tool's Tollgate-Cost settles (CONTRACT §10). */
+  settle: boolean
   /** Milliseconds. */
   timeoutMs: number
   auth: ToolAuth
@@ -40,6 +45,8 @@ export interface Tool {
 export interface McpToolRule {
   scopes: readonly string[]
   cost: number
+  /** The compiled `costExpr`, priced with the tools/call `params.arguments` as `args`. */
+  price: Pricer | undefined
 }
 
 export class ToolRegistry {
@@ -94,12 +101,18 @@ function toTool (c: ToolConfig, key: string): Tool {
     audience: c.audience,
     scopes: [...c.scopes],
     cost: c.cost,
+    price: c.costExpr === undefined ? undefined : compileCost(c.costExpr, `${key}.costExpr`),
+    settle: c.settle ?? false,
     timeoutMs: Math.max(1, Math.round(c.timeout * 1000)),
     auth,
     refundOnFailure: c.refundOnFailure,
     websocket: c.websocket,
     maxPayload,
     protocol: c.protocol ?? 'http',
-    mcpTools: new Map(Object.entries(c.mcpTools ?? {}).map(([name, rule]) => [name, { scopes: [...(rule.scopes ?? [])], cost: rule.cost ?? 1 }]))
+    mcpTools: new Map(Object.entries(c.mcpTools ?? {}).map(([name, rule]) => [name, {
+      scopes: [...(rule.scopes ?? [])],
+      cost: rule.cost ?? 1,
+      price: rule.costExpr === undefined ? undefined : compileCost(rule.costExpr, `${key}.mcpTools.${name}.costExpr`)
+    }]))
   }
 }
