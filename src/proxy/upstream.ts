@@ -86,6 +86,20 @@ export class Upstreams {
 }
 
 /**
+ * Watches an answer's body on its way to the caller (the idempotency stage keeps it for replays).
+ * Sees exactly the bytes the caller gets, never changes or delays them, except that the end of the
+ * answer waits for `end` (so a retry sent after the answer finds it kept).
+ */
+export interface AnswerTap {
+  /** Each chunk, as written to the caller. */
+  data: (chunk: Buffer) => void
+  /** The whole body went out; the caller's response ends when the promise settles (it never rejects). */
+  end: () => Promise<void>
+  /** The answer did not go out whole: its body broke off, or the caller went away. */
+  abort: () => void
+}
+
+/**
  * One upstream answer, as an undici dispatch handler: its status and headers resolve `send`; its
  * body chunks wait (at most what arrives in the same tick) until `relayTo` names the caller's
  * response, then go straight to it. A body that breaks off destroys the caller's response and is
@@ -104,6 +118,8 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   #onBodyError: ((err: Error) => void) | undefined
   /** Set by relayTo for an answer Tollgate must edit on the way (an MCP tools/list answer). */
   #rewrite: BodyRewriter | undefined
+  /** Set by relayTo for an answer that is watched on the way (an idempotent call's). */
+  #tap: AnswerTap | undefined
 
   constructor (readonly resolve: (answer: UpstreamAnswer) => void, readonly reject: (err: TollgateError) => void) {}
 
@@ -142,6 +158,7 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
       }
       if (out === undefined) return
     }
+    this.#tap?.data(out)
     if (!res.write(out) && controller !== undefined) {
       controller.pause()
       res.once('drain', () => { controller.resume() })
@@ -165,7 +182,15 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
         this.#fail(res, err as Error)
         return
       }
-      if (tail !== undefined) res.write(tail)
+      if (tail !== undefined) {
+        this.#tap?.data(tail)
+        res.write(tail)
+      }
+    }
+    const tap = this.#tap
+    if (tap !== undefined) {
+      tap.end().finally(() => { res.end() })
+      return
     }
     res.end()
   }
@@ -181,11 +206,13 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
 
   /**
    * Writes the status and `headers` to the caller's response and relays the body into it.
-   * `onBodyError` hears of a body that breaks off (not of the caller going away).
+   * `onBodyError` hears of a body that breaks off (not of the caller going away); `tap` watches the
+   * body on its way.
    */
-  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter): void {
+  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter, tap?: AnswerTap): void {
     this.#res = res
     this.#onBodyError = onBodyError
+    this.#tap = tap
     if (rewrite !== undefined) {
       // The body changes length: it goes out chunked.
       this.#rewrite = rewrite
@@ -194,6 +221,7 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
     res.once('close', () => {
       if (this.#ended || this.#failure !== undefined) return
       this.#callerGone = true
+      this.#tap?.abort()
       this.#controller?.abort(new Error('the caller went away'))
     })
     res.writeHead(this.statusCode, headers)
@@ -209,7 +237,10 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   }
 
   #fail (res: ServerResponse, err: Error): void {
-    if (!this.#callerGone) this.#onBodyError?.(err)
+    if (!this.#callerGone) {
+      this.#onBodyError?.(err)
+      this.#tap?.abort()
+    }
     res.destroy(err)
   }
 }
@@ -240,4 +271,31 @@ export function capBody (source: Readable, limit: number): Readable {
   })
   source.on('error', err => cap.destroy(err))
   return source.pipe(cap)
+}
+
+/**
+ * Reads a streamed request body whole, failing with 413 past `limit` bytes: for the calls that must
+ * know the body before they are forwarded (an Idempotency-Key's body hash).
+ */
+export async function readBody (source: Readable, limit: number): Promise<Buffer> {
+  return await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let seen = 0
+    const onData = (chunk: Buffer): void => {
+      seen += chunk.length
+      if (seen <= limit) {
+        chunks.push(chunk)
+        return
+      }
+      // Not destroyed: the 413 still has to reach the caller; Node drops the rest of the body.
+      source.off('data', onData)
+      source.off('end', onEnd)
+      source.pause()
+      reject(new PayloadTooLarge())
+    }
+    const onEnd = (): void => { resolve(Buffer.concat(chunks, seen)) }
+    source.on('data', onData)
+    source.once('end', onEnd)
+    source.once('error', reject)
+  })
 }

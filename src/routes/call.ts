@@ -8,11 +8,12 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, Hook
 import { Type } from 'typebox'
 import { duplicateKey } from '../json/duplicate-keys.js'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
-import { authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, settle, type Arrival, type RequestContext } from '../pipeline/index.js'
+import { AnswerCapture, authenticate, authorizeTool, claimIdempotency, finishIdempotency, idempotencyKey, limit, meter, principalOf, relayHeaders, settle, type Arrival, type RequestContext } from '../pipeline/index.js'
+import { quotaHeaders } from '../quota/index.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
-import { Upstreams, capBody, translate, type UpstreamRequest } from '../proxy/upstream.js'
+import { Upstreams, capBody, readBody, translate, type AnswerTap, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
 import { listFilterFor, planRequest, type BodyRewriter } from '../mcp/rpc.js'
 import { headers, problem, response } from '../schemas/index.js'
@@ -62,6 +63,10 @@ const documentPassThrough: SwaggerTransform = ({ schema, url }) => {
   return { schema: doc, url: url.replace(/\*$/, ':path') }
 }
 
+function isStream (body: unknown): body is Readable {
+  return body !== undefined && body !== null && typeof (body as Readable).pipe === 'function'
+}
+
 export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const tools = new ToolRegistry(app.config.tools)
   const upstreams = new Upstreams(tools)
@@ -70,7 +75,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const relay = new WebSocketRelay(app, app.tokens, app.clock)
   relay.listen()
   const bodyLimit = app.config.server.bodyLimit
-  const { metrics, tokens, limiters, quotas } = app
+  const { metrics, tokens, limiters, quotas, store, clock } = app
 
   /** How the request reached Tollgate, for the upstream's forwarding fields. */
   const arrival = (request: FastifyRequest): Arrival => {
@@ -109,15 +114,73 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     done()
   }
 
-  /** preHandler: limit → meter, after authorize (and, for a pass-through, the path check). */
-  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool): Promise<void> => {
+  /**
+   * preHandler: limit → idempotency → meter, after authorize (and, for a pass-through, the path
+   * check). True when the call was answered here, as a replay of a kept answer: not charged.
+   */
+  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool): Promise<boolean> => {
     const ctx = request.ctx
     ctx.trace?.enter('limit')
     await limit(limiters, ctx)
+    // Only a request that carries the header pays for the stage (CONTRACT §10: not on GET).
+    if (request.headers['idempotency-key'] !== undefined && request.method !== 'GET' && request.method !== 'HEAD') {
+      ctx.trace?.enter('idempotency')
+      if (await replayed(request, reply)) {
+        ctx.trace?.leave()
+        return true
+      }
+    }
     ctx.trace?.enter('meter')
     const quotaFields = await meter(quotas, ctx, tool.cost)
     ctx.trace?.leave()
     if (quotaFields !== undefined) reply.headers(quotaFields)
+    return false
+  }
+
+  /**
+   * idempotency: claims the request's Idempotency-Key, or sends the kept answer (true). A streamed
+   * pass-through body is read whole first (bounded by server.bodyLimit): its hash decides.
+   */
+  const replayed = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
+    const ctx = request.ctx
+    const key = idempotencyKey(request.headers['idempotency-key'], request.raw.headersDistinct['idempotency-key']?.length)
+    if (key === undefined) return false
+    if (ctx.body === undefined && isStream(request.body)) {
+      const length = Number(request.headers['content-length'] ?? 0)
+      if (length > bodyLimit) throw new PayloadTooLarge()
+      ctx.body = await readBody(request.body, bodyLimit)
+    }
+    const answer = await claimIdempotency(store, clock(), ctx, key, ctx.body)
+    if (answer === undefined) return false
+    const quota = principalOf(ctx).claims.quota
+    if (quota !== undefined) {
+      // Every /call answer carries the RateLimit fields; a replay's are read, nothing is charged.
+      try {
+        reply.headers(quotaHeaders(await quotas.usage(principalOf(ctx).sub, quota)))
+      } catch (err) {
+        request.log.warn({ err }, 'quota usage unavailable for a replayed answer')
+      }
+    }
+    reply.code(answer.status)
+    if (answer.contentType !== undefined) reply.header('content-type', answer.contentType)
+    reply.header('idempotent-replayed', 'true')
+    request.log.info({ audit: 'call.replayed', tool: ctx.tool?.name, client_id: principalOf(ctx).clientId, sub: principalOf(ctx).sub, status: answer.status }, 'idempotent call replayed')
+    reply.send(answer.body)
+    return true
+  }
+
+  /** Keeps the answer of a call holding an Idempotency-Key as it streams, or frees the key. */
+  const idempotencyTap = (request: FastifyRequest, status: number, contentType: unknown): AnswerTap => {
+    const ctx = request.ctx
+    const capture = new AnswerCapture()
+    return {
+      data: chunk => { capture.push(chunk) },
+      end: async () => {
+        const body = capture.body()
+        await finishIdempotency(store, clock(), ctx, body === undefined ? undefined : { status, contentType: typeof contentType === 'string' ? contentType : undefined, body }, request.log)
+      },
+      abort: () => { finishIdempotency(store, clock(), ctx, undefined, request.log).catch(() => {}) }
+    }
   }
 
   /** authorize for /call: the named tool, its audience and scopes. */
@@ -161,6 +224,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   app.addHook('onResponse', (request, reply, done) => {
     const tool = request.ctx.tool
     if (tool !== undefined && reply.statusCode !== 101) metrics.countCall(tool.name, reply.statusCode)
+    // A call that claimed an Idempotency-Key and ended before its answer was kept (refused by the
+    // quota, an upstream failure, any error): its key is free for a retry.
+    if (request.ctx.idempotency !== undefined) finishIdempotency(store, clock(), request.ctx, undefined, request.log).catch(() => {})
     done()
   })
 
@@ -193,10 +259,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     reply.hijack()
     // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
     // away is not.
+    const tap = request.ctx.idempotency !== undefined ? idempotencyTap(request, answer.statusCode, headers['content-type']) : undefined
     answer.relayTo(reply.raw, headers, (err) => {
       trace?.upstreamFailed(err)
       settleReply(request, undefined, true).catch(() => {})
-    }, rewriteFor?.(answer.headers))
+    }, rewriteFor?.(answer.headers), tap)
     return reply
   }
 
@@ -311,7 +378,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
       preHandler: async (request, reply) => {
         const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
         refuseMcp(tool)
-        await limitAndMeter(request, reply, tool)
+        if (await limitAndMeter(request, reply, tool)) return reply
       }
     }, async (request, reply) => {
       const ctx = request.ctx
@@ -331,14 +398,14 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
-    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
       const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
       refuseMcp(tool)
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)
-      await limitAndMeter(request, reply, tool)
+      if (await limitAndMeter(request, reply, tool)) return reply
     }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
@@ -357,11 +424,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         metrics.countCall(tool.name, 101)
         return undefined
       }
-      let body: Readable | null = null
-      if (request.body !== undefined && request.body !== null && typeof (request.body as Readable).pipe === 'function') {
+      // An idempotent call's body was read whole to hash it.
+      let body: Readable | Buffer | null = ctx.body ?? null
+      if (body === null && isStream(request.body)) {
         const length = Number(request.headers['content-length'] ?? 0)
         if (length > bodyLimit) throw new PayloadTooLarge()
-        body = capBody(request.body as Readable, bodyLimit)
+        body = capBody(request.body, bodyLimit)
       }
       return await forward(request, reply, tool, {
         method: request.method as UpstreamRequest['method'],
