@@ -49,6 +49,26 @@ const errorResponses = {
 /** The tool's own answer: any status, media type and body, streamed back unchanged. */
 const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: headers.quota })
 
+/** CONTRACT §10: what a call that honours Idempotency-Key may also answer. */
+const idempotentAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true`', Type.Unknown(), {
+  media: '*/*',
+  headers: { ...headers.quota, 'Idempotent-Replayed': Type.String({ description: '`true` on an answer replayed for a repeated Idempotency-Key' }) }
+})
+const idempotencyResponses = {
+  409: problem('A call with the same Idempotency-Key is still running (idempotency_in_flight)'),
+  422: problem('The Idempotency-Key was used with another request body (idempotency_key_reused)')
+}
+
+const IDEMPOTENCY_DOC = ' With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key.'
+
+/** The request header, documented only: the idempotency stage checks it (a schema would cost every call a validation). */
+const IdempotencyHeaderDoc = Type.Object({
+  'Idempotency-Key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7e]+$', description: 'draft-ietf-httpapi-idempotency-key-header: a key unique to this operation' }))
+})
+
+/** @fastify/swagger transform: documents the Idempotency-Key request header. */
+const documentIdempotency: SwaggerTransform = ({ schema, url }) => ({ schema: { ...schema, headers: IdempotencyHeaderDoc }, url })
+
 const CALL_HEADERS_DOC = 'A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
 
 const PassThroughParamsDoc = Type.Object({
@@ -57,8 +77,9 @@ const PassThroughParamsDoc = Type.Object({
 })
 
 /** @fastify/swagger transform: documents `/call/:tool/*` as `/call/{tool}/{path}`, and an optional raw body on POST, PUT and PATCH. */
-const documentPassThrough: SwaggerTransform = ({ schema, url }) => {
+const documentPassThrough: SwaggerTransform = ({ schema, url, route }) => {
   const doc: FastifySchema = { ...schema, params: PassThroughParamsDoc }
+  if (route.method !== 'GET' && route.method !== 'HEAD' && !(Array.isArray(route.method) && route.method.includes('GET'))) doc.headers = IdempotencyHeaderDoc
   if (doc.consumes !== undefined) doc.body = Type.Unknown({ description: 'Streamed to the tool unchanged, any media type' })
   return { schema: doc, url: url.replace(/\*$/, ':path') }
 }
@@ -366,12 +387,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         operationId: 'callTool',
         tags: ['tools'],
         summary: 'Call a tool',
-        description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC,
+        description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), Idempotency-Key (409, 422), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC + IDEMPOTENCY_DOC,
         security: [{ bearerAuth: [] }],
         body: CallRequestSchema,
-        response: { 200: toolAnswer, ...errorResponses }
+        response: { 200: idempotentAnswer, ...errorResponses, ...idempotencyResponses }
       },
-      config: { protectedResource: 'tool' },
+      config: { protectedResource: 'tool', swaggerTransform: documentIdempotency },
       onRequest: authenticateCall,
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
@@ -447,6 +468,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     // generated clients (openapi-fetch) leave a literal `{*}` in the URL.
     for (const method of ['GET', ...PASS_THROUGH_METHODS] as const) {
       const withBody = method === 'POST' || method === 'PUT' || method === 'PATCH'
+      const idempotent = method !== 'GET'
       scope.route({
         ...options,
         method,
@@ -456,11 +478,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
           operationId: method === 'GET' ? 'callToolPath' : `callToolPath${method[0]}${method.slice(1).toLowerCase()}`,
           tags: ['tools'],
           summary: `REST-style pass-through to a tool (${method})`,
-          description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC,
+          description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC + (idempotent ? IDEMPOTENCY_DOC + ' The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.' : ''),
           security: [{ bearerAuth: [] }],
           params: Type.Object({ tool: Type.String(), '*': Type.String() }),
           ...(withBody ? { consumes: ['*/*'] } : {}),
-          response: { 200: toolAnswer, ...errorResponses }
+          response: idempotent ? { 200: idempotentAnswer, ...errorResponses, ...idempotencyResponses } : { 200: toolAnswer, ...errorResponses }
         },
         handler
       })
