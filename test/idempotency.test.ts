@@ -3,6 +3,7 @@
 // forwarded nor charged; 409 while the first call runs, 422 for another body; a call whose answer
 // was not kept (refunded failure, over 1 MiB) may be retried; keys are per subject and per tool;
 // and over two replicas on one Redis, 20 parallel calls with one key reach the tool once.
+import { Readable } from 'node:stream'
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
@@ -83,12 +84,22 @@ t.test('a pass-through POST with a key: the streamed body is hashed, the answer 
   const delAgain = await call(base, token, '', 'pt-del', '/call/chat/items/1', 'DELETE')
   t.equal(del.status, 200)
   t.equal(delAgain.headers['idempotent-replayed'], 'true', 'DELETE honours the key too')
+  const seenBefore = up.seen.length
+  const huge = await request(`${base}/call/chat/items`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'idempotency-key': 'pt-huge' },
+    body: Readable.from([Buffer.alloc(MIB), Buffer.alloc(1)]) // chunked: no length to refuse it early
+  })
+  t.equal(huge.statusCode, 413, 'a streamed body read to hash it is bounded by server.bodyLimit')
+  t.equal((await huge.body.json() as { code: string }).code, 'payload_too_large')
+  t.equal(up.seen.length, seenBefore, 'not forwarded')
   const get = await call(base, token, '', 'pt-get', '/call/chat/items', 'GET')
   const getAgain = await call(base, token, '', 'pt-get', '/call/chat/items', 'GET')
   t.equal(get.status, 200)
   t.equal(getAgain.headers['idempotent-replayed'], undefined, 'GET ignores the key')
   t.equal(up.seen.length, 4)
-  t.equal(await used(base, token), 4)
+  t.equal(await used(base, token), 4, 'the 413 was not charged')
+  t.equal((await call(base, token, 'small', 'pt-huge', '/call/chat/items')).status, 200, 'nor did it hold its key')
 })
 
 t.test('the same key while the first call runs: 409 idempotency_in_flight; then the replay', async t => {

@@ -281,6 +281,13 @@ export async function readBody (source: Readable, limit: number): Promise<Buffer
   return await new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = []
     let seen = 0
+    let settled = false
+    const fail = (err: Error): void => {
+      if (settled) return
+      settled = true
+      source.off('data', onData)
+      reject(err)
+    }
     const onData = (chunk: Buffer): void => {
       seen += chunk.length
       if (seen <= limit) {
@@ -288,14 +295,18 @@ export async function readBody (source: Readable, limit: number): Promise<Buffer
         return
       }
       // Not destroyed: the 413 still has to reach the caller; Node drops the rest of the body.
-      source.off('data', onData)
-      source.off('end', onEnd)
       source.pause()
-      reject(new PayloadTooLarge())
+      fail(new PayloadTooLarge())
     }
-    const onEnd = (): void => { resolve(Buffer.concat(chunks, seen)) }
     source.on('data', onData)
-    source.once('end', onEnd)
-    source.once('error', reject)
+    source.once('end', () => {
+      if (settled) return
+      settled = true
+      resolve(Buffer.concat(chunks, seen))
+    })
+    // A caller that goes away mid-body: a 400 (nobody reads it), never a 500 or a promise left open.
+    const broken = (err?: Error): void => { fail(new TollgateError('invalid_request', 400, 'the request body broke off', err !== undefined ? { cause: err } : undefined)) }
+    source.once('error', broken)
+    source.once('close', () => { broken() })
   })
 }
