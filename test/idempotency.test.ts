@@ -5,6 +5,7 @@
 // and over two replicas on one Redis, 20 parallel calls with one key reach the tool once.
 import { Readable } from 'node:stream'
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { request } from 'undici'
 import { ManualClock, client, issue, type TestContext } from './helper.js'
@@ -33,18 +34,18 @@ function code (answer: Answer): string | undefined {
 }
 
 /** An app on SQLite with tools chat and search on `up`, a quota of 100 a day for agent and agent2. */
-async function gateway (t: TestContext, up: Upstream, tools: Array<Record<string, unknown>> = []): Promise<{ base: string, token: string, token2: string }> {
+async function gateway (t: TestContext, up: Upstream, tools: Array<Record<string, unknown>> = []): Promise<{ app: FastifyInstance, base: string, token: string, token2: string }> {
   const { app, base } = await startApp(t, up, [{ name: 'chat' }, { name: 'search' }, ...tools as Array<{ name: string }>], {
     clients: [client('agent', { quota: { limit: 100, window: '1d' } }), client('agent2', { quota: { limit: 100, window: '1d' } })]
   }, {}, new ManualClock().fn)
-  return { base, token: (await issue(app)).access_token as string, token2: (await issue(app, {}, 'agent2')).access_token as string }
+  return { app, base, token: (await issue(app)).access_token as string, token2: (await issue(app, {}, 'agent2')).access_token as string }
 }
 
 t.test('the same key and body replay the first answer: the tool sees one request, the quota one charge', async t => {
   const up = await startUpstream(t)
   let n = 0
   up.routes.set('/chat', (_req, res) => { res.writeHead(201, { 'content-type': 'text/x-answer; charset=utf-8', 'x-tool': 'yes' }); res.end(`answer ${++n} \u00e9`) })
-  const { base, token } = await gateway(t, up)
+  const { app, base, token } = await gateway(t, up)
   const body = '{"tool":"chat","arguments":{"q":1}}'
   const first = await call(base, token, body, 'key-1')
   t.equal(first.status, 201)
@@ -60,6 +61,8 @@ t.test('the same key and body replay the first answer: the tool sees one request
   t.equal(up.seen.length, 1, 'the tool saw one request')
   t.equal(await used(base, token), 1, 'one charge')
 
+  const injected = await app.inject({ method: 'POST', url: '/call', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': 'key-1' }, payload: body })
+  t.equal(injected.headers['idempotent-replayed'], 'true', 'app.inject (no headersDistinct) replays too')
   const other = await call(base, token, body, 'key-2')
   t.equal(other.body.toString(), 'answer 2 \u00e9', 'positive control: another key is a new call')
   const none = await call(base, token, body)

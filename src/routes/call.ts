@@ -18,7 +18,7 @@ import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.
 import { listFilterFor, planRequest, type BodyRewriter } from '../mcp/rpc.js'
 import { headers, problem, response } from '../schemas/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
-import type { OutgoingHttpHeaders } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 
 /** Why a call was refused, for the audit line and the rejections metric. */
@@ -164,7 +164,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
    */
   const replayed = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
     const ctx = request.ctx
-    const key = idempotencyKey(request.headers['idempotency-key'], request.raw.headersDistinct['idempotency-key']?.length)
+    // headersDistinct tells a header sent twice (Node joins those with ", "); app.inject has none.
+    const distinct = (request.raw.headersDistinct as IncomingMessage['headersDistinct'] | undefined)?.['idempotency-key']
+    const key = idempotencyKey(request.headers['idempotency-key'], distinct?.length)
     if (key === undefined) return false
     if (ctx.body === undefined && isStream(request.body)) {
       const length = Number(request.headers['content-length'] ?? 0)
