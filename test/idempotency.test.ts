@@ -189,6 +189,24 @@ t.test('a refunded failure frees the key: the retry is a new call; a kept (charg
   t.equal(await used(base, token), 2, 'the successful retry and the charged failure')
 })
 
+t.test('a call refused by the quota after its claim frees the key', async t => {
+  const up = await startUpstream(t)
+  const clock = new ManualClock()
+  const { app, base } = await startApp(t, up, [{ name: 'chat' }], { clients: [client('agent', { quota: { limit: 1, window: '1m' } })] }, {}, clock.fn)
+  const token = (await issue(app)).access_token as string
+  t.equal((await call(base, token, '{"tool":"chat"}', 'a')).status, 200)
+  const refused = await call(base, token, '{"tool":"chat"}', 'b')
+  t.equal(refused.status, 429)
+  t.equal(code(refused), 'quota_exceeded')
+  const again = await call(base, token, '{"tool":"chat"}', 'b')
+  t.equal(code(again), 'quota_exceeded', 'refused again, not 409: the key was freed')
+  clock.advance(60_000)
+  const later = await call(base, token, '{"tool":"chat"}', 'b')
+  t.equal(later.status, 200, 'in the next window the key runs as a new call')
+  t.equal(later.headers['idempotent-replayed'], undefined)
+  t.equal(up.seen.length, 2)
+})
+
 t.test('an answer over 1 MiB is not kept (the key is freed); one of exactly 1 MiB is', async t => {
   const up = await startUpstream(t)
   up.routes.set('/chat', (_req, res) => { res.writeHead(200, { 'content-type': 'application/octet-stream' }); res.end(Buffer.alloc(MIB + 1, 7)) })
