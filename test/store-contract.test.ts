@@ -316,6 +316,23 @@ function contract (t: Test, open: Open): void {
     t.same(await store.claimIdempotencyKey(key, 'h1', 'c', NOW + DAY, NOW), { state: 'running', bodyHash: 'h2' })
   })
 
+  t.test('idempotency: an expired record is free again (SQLite by the caller\'s clock, Redis by its TTL)', async t => {
+    const store = await open(t)
+    const key = `idem-${hash()}`
+    t.same(await store.claimIdempotencyKey(key, 'h1', 'a', NOW + 300, NOW), { state: 'claimed' })
+    t.equal((await store.claimIdempotencyKey(key, 'h1', 'b', NOW + DAY, NOW)).state, 'running', 'live before its expiry')
+    // Redis expires the 300 ms record on its own clock: ask until it is gone (bounded).
+    const since = Date.now()
+    let claim = await store.claimIdempotencyKey(key, 'h2', 'c', NOW + DAY, NOW + 400)
+    while (claim.state !== 'claimed' && Date.now() - since < 2000) {
+      await new Promise(resolve => setTimeout(resolve, 10))
+      claim = await store.claimIdempotencyKey(key, 'h2', 'c', NOW + DAY, NOW + 400)
+    }
+    t.same(claim, { state: 'claimed' }, 'taken over with the new body hash')
+    t.equal(await store.completeIdempotencyKey(key, 'a', { status: 200, contentType: undefined, body: Buffer.from('late') }, NOW + DAY, NOW + 400), false, 'the expired owner can no longer keep an answer')
+    t.same(await store.claimIdempotencyKey(key, 'h2', 'd', NOW + DAY, NOW + 500), { state: 'running', bodyHash: 'h2' })
+  })
+
   t.test('idempotency: of 50 concurrent claims of one key exactly one wins', async t => {
     const store = await open(t)
     const key = `idem-${hash()}`
