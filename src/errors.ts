@@ -33,6 +33,8 @@ export type ErrorCode =
   | 'upstream_unavailable'
   | 'upstream_timeout'
   | 'store_unavailable'
+  | 'idempotency_in_flight'
+  | 'idempotency_key_reused'
   | 'internal_error'
 
 export class TollgateError extends Error {
@@ -129,6 +131,16 @@ export class UpstreamUnavailable extends TollgateError {
 /** The upstream did not answer within the tool's timeout (RFC 9110 §15.6.5). */
 export class UpstreamTimeout extends TollgateError {
   constructor (detail = 'the tool did not answer in time', options?: ErrorOptions) { super('upstream_timeout', 504, detail, options) }
+}
+
+/** draft-ietf-httpapi-idempotency-key-header §2.7: a call with the key is still running. */
+export class IdempotencyInFlight extends TollgateError {
+  constructor (detail = 'a call with this Idempotency-Key is still running; retry once it has answered') { super('idempotency_in_flight', 409, detail) }
+}
+
+/** draft-ietf-httpapi-idempotency-key-header §2.7: the key was used with another request body. */
+export class IdempotencyKeyReused extends TollgateError {
+  constructor (detail = 'this Idempotency-Key was used with another request body') { super('idempotency_key_reused', 422, detail) }
 }
 
 export class StoreUnavailable extends TollgateError {

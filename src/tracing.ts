@@ -19,7 +19,7 @@ import { TollgateError } from './errors.js'
 export type TracingConfig = Config['tracing']
 
 /** The pipeline stages that get a span of their own (the upstream call has its own, below). */
-export type StageName = 'authenticate' | 'authorize' | 'limit' | 'meter' | 'relay' | 'settle'
+export type StageName = 'authenticate' | 'authorize' | 'limit' | 'idempotency' | 'meter' | 'relay' | 'settle'
 
 /** How long closing the app waits for the last spans to be sent. */
 const SHUTDOWN_TIMEOUT_MS = 5_000

@@ -5,7 +5,7 @@
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { InsufficientScope, InvalidToken, MissingToken, QuotaExceeded, RateLimited, StoreUnavailable, ToolNotFound } from '../src/errors.js'
-import { createContext, authenticate, authorize, authorizeTool, bearerToken, headerSafe, limit, meter, principalOf, relayHeaders, settle, type RequestContext } from '../src/pipeline/index.js'
+import { AnswerCapture, MAX_KEPT_BODY, idempotencyKey, createContext, authenticate, authorize, authorizeTool, bearerToken, headerSafe, limit, meter, principalOf, relayHeaders, settle, type RequestContext } from '../src/pipeline/index.js'
 import { DownstreamTokens } from '../src/proxy/downstream-token.js'
 import { Quotas } from '../src/quota/index.js'
 import { ToolRegistry } from '../src/tools/index.js'
@@ -42,7 +42,7 @@ function authenticated (app: { tokens: { verify: (t: string) => any } }, token: 
 
 t.test('createContext: every field present from the start', async t => {
   const ctx = createContext('id-1', '10.0.0.1')
-  t.same(Object.keys(ctx).sort(), ['body', 'charge', 'charged', 'clientId', 'id', 'ip', 'principal', 'refunded', 'tool', 'trace', 'upstreamPath', 'mcpListIds', 'usage'].sort())
+  t.same(Object.keys(ctx).sort(), ['body', 'charge', 'charged', 'clientId', 'id', 'ip', 'principal', 'refunded', 'tool', 'trace', 'upstreamPath', 'mcpListIds', 'idempotency', 'usage'].sort())
   t.equal(ctx.refunded, false)
   t.throws(() => principalOf(ctx), /before authenticate/, 'a stage that needs the principal refuses to run before authenticate')
 })
@@ -176,4 +176,27 @@ t.test('settle: a failed call is refunded once; a tool may keep the charge', asy
   t.equal(await settle(await closedQuotas(t), broken, true, log), undefined, 'a refund the store refuses is not thrown')
   t.match(warnings, [{ tool: 'chat', sub: 'agent' }])
   t.equal(warnings.length, 1)
+})
+
+t.test('idempotency: the key is 1 to 255 printable ASCII characters, given once; the capture keeps at most 1 MiB', async t => {
+  t.equal(idempotencyKey(undefined), undefined, 'no header, no stage')
+  t.equal(idempotencyKey('a b~!'), 'a b~!')
+  t.equal(idempotencyKey('"sf-string"'), '"sf-string"', 'taken as sent: quotes are part of the key')
+  t.equal(idempotencyKey('k'.repeat(255)), 'k'.repeat(255))
+  for (const bad of ['', 'k'.repeat(256), 'a\tb', 'caf\u00e9', 'a\u0000']) {
+    t.throws(() => idempotencyKey(bad), { code: 'invalid_request', statusCode: 400 }, JSON.stringify(bad))
+  }
+  t.throws(() => idempotencyKey(['a', 'b']), { code: 'invalid_request' })
+  t.throws(() => idempotencyKey('a, b', 2), { code: 'invalid_request' }, 'two header lines joined by Node')
+
+  const fits = new AnswerCapture()
+  fits.push(Buffer.alloc(MAX_KEPT_BODY - 1, 1))
+  fits.push(Buffer.alloc(1, 2))
+  t.equal(fits.body()?.length, MAX_KEPT_BODY)
+  const over = new AnswerCapture()
+  over.push(Buffer.alloc(MAX_KEPT_BODY, 1))
+  over.push(Buffer.alloc(1, 2))
+  over.push(Buffer.alloc(0))
+  t.equal(over.body(), undefined, 'one byte over: not kept')
+  t.same(new AnswerCapture().body(), Buffer.alloc(0), 'an empty body is kept')
 })

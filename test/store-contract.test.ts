@@ -319,6 +319,70 @@ function contract (t: Test, open: Open): void {
     t.equal(await store.purgeExpired(later, 1000), 0, 'nothing left to purge')
   })
 
+  t.test('idempotency: a claim, then running, then the kept answer (bytes unchanged); only the owner completes or releases', async t => {
+    const store = await open(t)
+    const key = `idem-${hash()}`
+    t.same(await store.claimIdempotencyKey(key, 'h1', 'owner-a', NOW + DAY, NOW), { state: 'claimed' })
+    t.same(await store.claimIdempotencyKey(key, 'h2', 'owner-b', NOW + DAY, NOW), { state: 'running', bodyHash: 'h1' }, 'the first body hash is told')
+    const body = Buffer.alloc(1024 * 1024)
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7) & 0xff
+    const answer = { status: 201, contentType: 'application/octet-stream', body }
+    t.equal(await store.completeIdempotencyKey(key, 'owner-b', answer, NOW + DAY, NOW), false, 'not the owner')
+    await store.releaseIdempotencyKey(key, 'owner-b')
+    t.equal((await store.claimIdempotencyKey(key, 'h1', 'owner-c', NOW + DAY, NOW)).state, 'running', 'another owner cannot release it')
+    t.equal(await store.completeIdempotencyKey(key, 'owner-a', answer, NOW + DAY, NOW + MIN), true)
+    t.equal(await store.completeIdempotencyKey(key, 'owner-a', { ...answer, status: 500 }, NOW + DAY, NOW + MIN), false, 'completed once')
+    const done = await store.claimIdempotencyKey(key, 'h1', 'owner-d', NOW + DAY, NOW + 2 * MIN)
+    t.equal(done.state, 'done')
+    if (done.state !== 'done') return
+    t.equal(done.bodyHash, 'h1')
+    t.equal(done.answer.status, 201)
+    t.equal(done.answer.contentType, 'application/octet-stream')
+    t.ok(Buffer.isBuffer(done.answer.body) && done.answer.body.equals(body), 'every byte of the 1 MiB body comes back')
+    await store.releaseIdempotencyKey(key, 'owner-a')
+    t.equal((await store.claimIdempotencyKey(key, 'h1', 'owner-e', NOW + DAY, NOW)).state, 'done', 'a kept answer is never released')
+
+    const empty = `idem-${hash()}`
+    await store.claimIdempotencyKey(empty, 'h', 'o', NOW + DAY, NOW)
+    await store.completeIdempotencyKey(empty, 'o', { status: 204, contentType: undefined, body: Buffer.alloc(0) }, NOW + DAY, NOW)
+    t.same(await store.claimIdempotencyKey(empty, 'h', 'p', NOW + DAY, NOW), { state: 'done', bodyHash: 'h', answer: { status: 204, contentType: undefined, body: Buffer.alloc(0) } }, 'no content type, empty body')
+  })
+
+  t.test('idempotency: a released claim frees the key; scoped keys are separate', async t => {
+    const store = await open(t)
+    const key = `idem-${hash()}`
+    t.same(await store.claimIdempotencyKey(key, 'h1', 'a', NOW + DAY, NOW), { state: 'claimed' })
+    t.same(await store.claimIdempotencyKey(`${key}-other`, 'h1', 'a', NOW + DAY, NOW), { state: 'claimed' }, 'another key is free')
+    await store.releaseIdempotencyKey(key, 'a')
+    t.same(await store.claimIdempotencyKey(key, 'h2', 'b', NOW + DAY, NOW), { state: 'claimed' }, 'released: a new call with another body may claim it')
+    t.same(await store.claimIdempotencyKey(key, 'h1', 'c', NOW + DAY, NOW), { state: 'running', bodyHash: 'h2' })
+  })
+
+  t.test('idempotency: an expired record is free again (SQLite by the caller\'s clock, Redis by its TTL)', async t => {
+    const store = await open(t)
+    const key = `idem-${hash()}`
+    t.same(await store.claimIdempotencyKey(key, 'h1', 'a', NOW + 300, NOW), { state: 'claimed' })
+    t.equal((await store.claimIdempotencyKey(key, 'h1', 'b', NOW + DAY, NOW)).state, 'running', 'live before its expiry')
+    // Redis expires the 300 ms record on its own clock: ask until it is gone (bounded).
+    const since = Date.now()
+    let claim = await store.claimIdempotencyKey(key, 'h2', 'c', NOW + DAY, NOW + 400)
+    while (claim.state !== 'claimed' && Date.now() - since < 2000) {
+      await new Promise(resolve => setTimeout(resolve, 10))
+      claim = await store.claimIdempotencyKey(key, 'h2', 'c', NOW + DAY, NOW + 400)
+    }
+    t.same(claim, { state: 'claimed' }, 'taken over with the new body hash')
+    t.equal(await store.completeIdempotencyKey(key, 'a', { status: 200, contentType: undefined, body: Buffer.from('late') }, NOW + DAY, NOW + 400), false, 'the expired owner can no longer keep an answer')
+    t.same(await store.claimIdempotencyKey(key, 'h2', 'd', NOW + DAY, NOW + 500), { state: 'running', bodyHash: 'h2' })
+  })
+
+  t.test('idempotency: of 50 concurrent claims of one key exactly one wins', async t => {
+    const store = await open(t)
+    const key = `idem-${hash()}`
+    const results = await Promise.all(Array.from({ length: 50 }, async (_, i) => await store.claimIdempotencyKey(key, 'h', `owner-${i}`, NOW + DAY, NOW)))
+    t.equal(results.filter(r => r.state === 'claimed').length, 1)
+    t.equal(results.filter(r => r.state === 'running').length, 49)
+  })
+
   t.test('ping answers while the store is up', async t => {
     const store = await open(t)
     await t.resolves(store.ping())

@@ -267,7 +267,7 @@ export interface paths {
         put?: never;
         /**
          * Call a tool
-         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), Idempotency-Key (409, 422), quota (429 quota_exceeded). The unchanged body is POSTed to the tool's `url`; the tool's status, headers and body stream back. A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key.
          */
         post: operations["callTool"];
         delete?: never;
@@ -290,28 +290,28 @@ export interface paths {
         get: operations["callToolPath"];
         /**
          * REST-style pass-through to a tool (PUT)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key. The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.
          */
         put: operations["callToolPathPut"];
         /**
          * REST-style pass-through to a tool (POST)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key. The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.
          */
         post: operations["callToolPathPost"];
         /**
          * REST-style pass-through to a tool (DELETE)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key. The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.
          */
         delete: operations["callToolPathDelete"];
         /**
          * REST-style pass-through to a tool (OPTIONS)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key. The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.
          */
         options: operations["callToolPathOptions"];
         head?: never;
         /**
          * REST-style pass-through to a tool (PATCH)
-         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.
+         * @description Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool's base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`. With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key. The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.
          */
         patch: operations["callToolPathPatch"];
         trace?: never;
@@ -1545,7 +1545,10 @@ export interface operations {
     callTool: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1564,15 +1567,15 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1619,6 +1622,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -1630,6 +1642,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1831,7 +1852,10 @@ export interface operations {
     callToolPathPut: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description The configured tool name */
                 tool: string;
@@ -1847,15 +1871,15 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1902,6 +1926,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -1913,6 +1946,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1975,7 +2017,10 @@ export interface operations {
     callToolPathPost: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description The configured tool name */
                 tool: string;
@@ -1991,15 +2036,15 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2046,6 +2091,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -2057,6 +2111,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2119,7 +2182,10 @@ export interface operations {
     callToolPathDelete: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description The configured tool name */
                 tool: string;
@@ -2130,15 +2196,15 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2185,6 +2251,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -2196,6 +2271,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2258,7 +2342,10 @@ export interface operations {
     callToolPathOptions: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description The configured tool name */
                 tool: string;
@@ -2269,15 +2356,15 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2324,6 +2411,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -2335,6 +2431,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2397,7 +2502,10 @@ export interface operations {
     callToolPathPatch: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description draft-ietf-httpapi-idempotency-key-header: a key unique to this operation */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description The configured tool name */
                 tool: string;
@@ -2413,15 +2521,15 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too) */
+            /** @description The tool's answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true` */
             200: {
                 headers: {
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";q=<limit>;w=<window seconds>`, when the token has a quota */
                     "RateLimit-Policy"?: string;
                     /** @description draft-ietf-httpapi-ratelimit-headers: `"quota";r=<remaining>;t=<seconds to reset>`, when the token has a quota */
                     RateLimit?: string;
-                    /** @description CONTRACT §10: what the call was charged (an integer), when a tool with `settle: true` reported its cost in a `Tollgate-Cost` header */
-                    "Tollgate-Charged"?: string;
+                    /** @description `true` on an answer replayed for a repeated Idempotency-Key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2468,6 +2576,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A call with the same Idempotency-Key is still running (idempotency_in_flight) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is too large (payload_too_large) */
             413: {
                 headers: {
@@ -2479,6 +2596,15 @@ export interface operations {
             };
             /** @description POST /call takes application/json only (unsupported_media_type) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key was used with another request body (idempotency_key_reused) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

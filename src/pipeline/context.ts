@@ -5,6 +5,7 @@
 import type { Charge, QuotaUsage } from '../quota/index.js'
 import type { Principal } from '../tokens/index.js'
 import type { Tool } from '../tools/index.js'
+import type { IdempotencyHold } from './idempotency.js'
 import type { RequestTrace } from '../tracing.js'
 
 export interface RequestContext {
@@ -24,6 +25,8 @@ export interface RequestContext {
   upstreamPath: string | undefined
   /** An MCP POST: the ids of its tools/list requests, whose answers are filtered (src/mcp/rpc.ts). */
   mcpListIds: Set<string | number> | undefined
+  /** idempotency: the Idempotency-Key this call claimed, until its answer is kept or the key freed. */
+  idempotency: IdempotencyHold | undefined
   /** meter: the quota charge taken for this call. */
   charge: Charge | undefined
   /** The usage to report in the RateLimit fields (after the charge, and after a refund). */
@@ -47,6 +50,7 @@ export function createContext (id: string, ip: string): RequestContext {
     body: undefined,
     upstreamPath: undefined,
     mcpListIds: undefined,
+    idempotency: undefined,
     charge: undefined,
     usage: undefined,
     refunded: false,

@@ -85,6 +85,27 @@ export class Upstreams {
   }
 }
 
+/** What relayTo does to an answer besides relaying it (see relayTo). */
+export interface RelayOptions {
+  rewrite?: BodyRewriter | undefined
+  tap?: AnswerTap | undefined
+  beforeEnd?: ((trailers: Record<string, string | string[] | undefined>) => Promise<void>) | undefined
+}
+
+/**
+ * Watches an answer's body on its way to the caller (the idempotency stage keeps it for replays).
+ * Sees exactly the bytes the caller gets, never changes or delays them, except that the end of the
+ * answer waits for `end` (so a retry sent after the answer finds it kept).
+ */
+export interface AnswerTap {
+  /** Each chunk, as written to the caller. */
+  data: (chunk: Buffer) => void
+  /** The whole body went out; the caller's response ends when the promise settles (it never rejects). */
+  end: () => Promise<void>
+  /** The answer did not go out whole: its body broke off, or the caller went away. */
+  abort: () => void
+}
+
 /**
  * One upstream answer, as an undici dispatch handler: its status and headers resolve `send`; its
  * body chunks wait (at most what arrives in the same tick) until `relayTo` names the caller's
@@ -108,6 +129,8 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   #trailers: Record<string, string | string[] | undefined> | undefined
   /** Set by relayTo: runs on the trailers before the caller's answer ends (settlement, CONTRACT §10). */
   #beforeEnd: ((trailers: Record<string, string | string[] | undefined>) => Promise<void>) | undefined
+  /** Set by relayTo for an answer that is watched on the way (an idempotent call's). */
+  #tap: AnswerTap | undefined
 
   constructor (readonly resolve: (answer: UpstreamAnswer) => void, readonly reject: (err: TollgateError) => void) {}
 
@@ -146,6 +169,7 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
       }
       if (out === undefined) return
     }
+    this.#tap?.data(out)
     if (!res.write(out) && controller !== undefined) {
       controller.pause()
       res.once('drain', () => { controller.resume() })
@@ -170,16 +194,22 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
         this.#fail(res, err as Error)
         return
       }
-      if (tail !== undefined) res.write(tail)
+      if (tail !== undefined) {
+        this.#tap?.data(tail)
+        res.write(tail)
+      }
     }
+    const tap = this.#tap
     const beforeEnd = this.#beforeEnd
-    if (beforeEnd === undefined) {
+    if (tap === undefined && beforeEnd === undefined) {
       res.end()
       return
     }
-    // The answer ends once the hook is done, so what it settles is in the answer's log line. The
-    // upstream's trailers are never relayed.
-    beforeEnd(this.#trailers ?? {}).then(() => res.end(), () => res.end())
+    // The answer ends once the hooks are done: what settlement charged is in the answer's log line,
+    // and a kept idempotent answer is in the store before the caller can retry. The upstream's
+    // trailers are never relayed.
+    const settled = beforeEnd === undefined ? Promise.resolve() : beforeEnd(this.#trailers ?? {}).catch(() => {})
+    settled.then(async () => { await tap?.end() }).finally(() => { res.end() })
   }
 
   onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
@@ -193,13 +223,16 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
 
   /**
    * Writes the status and `headers` to the caller's response and relays the body into it.
-   * `onBodyError` hears of a body that breaks off (not of the caller going away); `beforeEnd`, when
-   * given, gets the upstream's trailers once its body is complete, and the caller's answer ends when
-   * it settles.
+   * `onBodyError` hears of a body that breaks off (not of the caller going away). Options:
+   * `rewrite` edits the body on its way (an MCP tools/list answer); `tap` watches it (an idempotent
+   * call's, kept for replays); `beforeEnd` gets the upstream's trailers once its body is complete,
+   * and the caller's answer ends when it settles (settlement, CONTRACT §10).
    */
-  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, rewrite?: BodyRewriter, beforeEnd?: (trailers: Record<string, string | string[] | undefined>) => Promise<void>): void {
+  relayTo (res: ServerResponse, headers: OutgoingHttpHeaders, onBodyError: (err: Error) => void, options: RelayOptions = {}): void {
+    const { rewrite, tap, beforeEnd } = options
     this.#res = res
     this.#onBodyError = onBodyError
+    this.#tap = tap
     this.#beforeEnd = beforeEnd
     if (rewrite !== undefined) {
       // The body changes length: it goes out chunked.
@@ -209,6 +242,7 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
     res.once('close', () => {
       if (this.#ended || this.#failure !== undefined) return
       this.#callerGone = true
+      this.#tap?.abort()
       this.#controller?.abort(new Error('the caller went away'))
     })
     res.writeHead(this.statusCode, headers)
@@ -224,7 +258,10 @@ export class UpstreamAnswer implements Dispatcher.DispatchHandler {
   }
 
   #fail (res: ServerResponse, err: Error): void {
-    if (!this.#callerGone) this.#onBodyError?.(err)
+    if (!this.#callerGone) {
+      this.#onBodyError?.(err)
+      this.#tap?.abort()
+    }
     res.destroy(err)
   }
 }
@@ -258,19 +295,39 @@ export function capBody (source: Readable, limit: number): Readable {
 }
 
 /**
- * Reads a streamed request body whole (a pass-through call priced by its body, CONTRACT §10), 413
- * once more than `limit` bytes arrived. The bytes are then sent upstream exactly as read.
+ * Reads a streamed request body whole, failing with 413 past `limit` bytes: for the calls that must
+ * know the body before they are forwarded (an Idempotency-Key's body hash).
  */
-export async function readCapped (source: Readable, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  let seen = 0
-  for await (const chunk of source) {
-    seen += (chunk as Buffer).length
-    if (seen > limit) {
-      source.destroy()
-      throw new PayloadTooLarge()
+export async function readBody (source: Readable, limit: number): Promise<Buffer> {
+  return await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let seen = 0
+    let settled = false
+    const fail = (err: Error): void => {
+      if (settled) return
+      settled = true
+      source.off('data', onData)
+      reject(err)
     }
-    chunks.push(chunk as Buffer)
-  }
-  return Buffer.concat(chunks, seen)
+    const onData = (chunk: Buffer): void => {
+      seen += chunk.length
+      if (seen <= limit) {
+        chunks.push(chunk)
+        return
+      }
+      // Not destroyed: the 413 still has to reach the caller; Node drops the rest of the body.
+      source.pause()
+      fail(new PayloadTooLarge())
+    }
+    source.on('data', onData)
+    source.once('end', () => {
+      if (settled) return
+      settled = true
+      resolve(Buffer.concat(chunks, seen))
+    })
+    // A caller that goes away mid-body: a 400 (nobody reads it), never a 500 or a promise left open.
+    const broken = (err?: Error): void => { fail(new TollgateError('invalid_request', 400, 'the request body broke off', err !== undefined ? { cause: err } : undefined)) }
+    source.once('error', broken)
+    source.once('close', () => { broken() })
+  })
 }

@@ -8,17 +8,18 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema, Hook
 import { Type } from 'typebox'
 import { duplicateKey } from '../json/duplicate-keys.js'
 import { PayloadTooLarge, TollgateError, UpstreamTimeout, UpstreamUnavailable } from '../errors.js'
-import { CHARGED_FIELD, COST_FIELD, authenticate, authorizeTool, limit, meter, principalOf, relayHeaders, reportedCost, settle, settleReported, type Arrival, type RequestContext } from '../pipeline/index.js'
+import { AnswerCapture, CHARGED_FIELD, COST_FIELD, authenticate, authorizeTool, claimIdempotency, finishIdempotency, idempotencyKey, limit, meter, principalOf, relayHeaders, reportedCost, settle, settleReported, type Arrival, type RequestContext } from '../pipeline/index.js'
 import { CostUnavailable, priceCall, type CallFacts } from '../metering/price.js'
+import { quotaHeaders } from '../quota/index.js'
 import { DownstreamTokens } from '../proxy/downstream-token.js'
 import { callerResponseHeaders } from '../proxy/headers.js'
 import { splitCallUrl, upstreamPath } from '../proxy/path.js'
-import { Upstreams, capBody, readCapped, translate, type UpstreamRequest } from '../proxy/upstream.js'
+import { Upstreams, capBody, readBody, translate, type AnswerTap, type UpstreamRequest } from '../proxy/upstream.js'
 import { WebSocketRelay, isUpgrade, subprotocolToken } from '../proxy/websocket.js'
 import { listFilterFor, planRequest, type BodyRewriter } from '../mcp/rpc.js'
 import { headers, problem, response } from '../schemas/index.js'
 import { ToolRegistry, type Tool } from '../tools/index.js'
-import type { OutgoingHttpHeaders } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 
 /** Why a call was refused, for the audit line and the rejections metric. */
@@ -62,6 +63,26 @@ const errorResponses = {
 /** The tool's own answer: any status, media type and body, streamed back unchanged. */
 const toolAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too)', Type.Unknown(), { media: '*/*', headers: { ...headers.quota, ...headers.charged } })
 
+/** CONTRACT §10: what a call that honours Idempotency-Key may also answer. */
+const idempotentAnswer = response('The tool\'s answer, passed through with its status, media type and body (its own 4xx/5xx too); or the kept answer of an earlier call with the same Idempotency-Key and body, replayed with `Idempotent-Replayed: true`', Type.Unknown(), {
+  media: '*/*',
+  headers: { ...headers.quota, 'Idempotent-Replayed': Type.String({ description: '`true` on an answer replayed for a repeated Idempotency-Key' }) }
+})
+const idempotencyResponses = {
+  409: problem('A call with the same Idempotency-Key is still running (idempotency_in_flight)'),
+  422: problem('The Idempotency-Key was used with another request body (idempotency_key_reused)')
+}
+
+const IDEMPOTENCY_DOC = ' With `Idempotency-Key` (1–255 printable ASCII characters; else 400 invalid_request), scoped to the subject and the tool and kept 24 h: the same key and body (SHA-256 of the bytes) replay the first answer (status, content type, body up to 1 MiB) with `Idempotent-Replayed: true`, neither forwarded nor charged; 409 idempotency_in_flight while the first call runs; 422 idempotency_key_reused for another body. A call whose answer was not kept (over 1 MiB, or refunded after an upstream failure) frees its key.'
+
+/** The request header, documented only: the idempotency stage checks it (a schema would cost every call a validation). */
+const IdempotencyHeaderDoc = Type.Object({
+  'Idempotency-Key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7e]+$', description: 'draft-ietf-httpapi-idempotency-key-header: a key unique to this operation' }))
+})
+
+/** @fastify/swagger transform: documents the Idempotency-Key request header. */
+const documentIdempotency: SwaggerTransform = ({ schema, url }) => ({ schema: { ...schema, headers: IdempotencyHeaderDoc }, url })
+
 const CALL_HEADERS_DOC = 'A DPoP-bound token (RFC 9449) is presented as `Authorization: DPoP <token>` with a `DPoP` proof for this method and `<publicUrl><path>`; a refused proof is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`, a bound token sent as Bearer is 401 invalid_token. Every answer after the audience and scope checks carries `RateLimit-Policy: "quota";q=<limit>;w=<window>` and `RateLimit: "quota";r=<remaining>;t=<reset>` when the token has a quota; 429 answers carry `Retry-After`.'
 
 const PassThroughParamsDoc = Type.Object({
@@ -70,10 +91,15 @@ const PassThroughParamsDoc = Type.Object({
 })
 
 /** @fastify/swagger transform: documents `/call/:tool/*` as `/call/{tool}/{path}`, and an optional raw body on POST, PUT and PATCH. */
-const documentPassThrough: SwaggerTransform = ({ schema, url }) => {
+const documentPassThrough: SwaggerTransform = ({ schema, url, route }) => {
   const doc: FastifySchema = { ...schema, params: PassThroughParamsDoc }
+  if (route.method !== 'GET' && route.method !== 'HEAD' && !(Array.isArray(route.method) && route.method.includes('GET'))) doc.headers = IdempotencyHeaderDoc
   if (doc.consumes !== undefined) doc.body = Type.Unknown({ description: 'Streamed to the tool unchanged, any media type' })
   return { schema: doc, url: url.replace(/\*$/, ':path') }
+}
+
+function isStream (body: unknown): body is Readable {
+  return body !== undefined && body !== null && typeof (body as Readable).pipe === 'function'
 }
 
 export default async function callRoutes (app: FastifyInstance): Promise<void> {
@@ -84,7 +110,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const relay = new WebSocketRelay(app, app.tokens, app.clock)
   relay.listen()
   const bodyLimit = app.config.server.bodyLimit
-  const { metrics, tokens, limiters, quotas } = app
+  const { metrics, tokens, limiters, quotas, store, clock } = app
 
   /** How the request reached Tollgate, for the upstream's forwarding fields. */
   const arrival = (request: FastifyRequest): Arrival => {
@@ -124,14 +150,23 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   }
 
   /**
-   * preHandler: limit → meter, after authorize (and, for a pass-through, the path check). A tool
-   * with a costExpr is priced first from `facts` (src/metering/price.ts); any other is charged its
-   * fixed cost without a look at the call.
+   * preHandler: limit → idempotency → meter, after authorize (and, for a pass-through, the path
+   * check). A tool with a costExpr is priced from `facts` (src/metering/price.ts); any other is
+   * charged its fixed cost without a look at the call. True when the call was answered here, as a
+   * replay of a kept answer: not charged.
    */
-  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool, facts: (request: FastifyRequest) => CallFacts | Promise<CallFacts>): Promise<void> => {
+  const limitAndMeter = async (request: FastifyRequest, reply: FastifyReply, tool: Tool, facts: (request: FastifyRequest) => CallFacts | Promise<CallFacts>): Promise<boolean> => {
     const ctx = request.ctx
     ctx.trace?.enter('limit')
     await limit(limiters, ctx)
+    // Only a request that carries the header pays for the stage (CONTRACT §10: not on GET).
+    if (request.headers['idempotency-key'] !== undefined && request.method !== 'GET' && request.method !== 'HEAD') {
+      ctx.trace?.enter('idempotency')
+      if (await replayed(request, reply)) {
+        ctx.trace?.leave()
+        return true
+      }
+    }
     ctx.trace?.enter('meter')
     let cost = tool.cost
     if (tool.price !== undefined) {
@@ -141,6 +176,57 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const quotaFields = await meter(quotas, ctx, cost)
     ctx.trace?.leave()
     if (quotaFields !== undefined) reply.headers(quotaFields)
+    return false
+  }
+
+  /**
+   * idempotency: claims the request's Idempotency-Key, or sends the kept answer (true). A streamed
+   * pass-through body is read whole first (bounded by server.bodyLimit): its hash decides.
+   */
+  const replayed = async (request: FastifyRequest, reply: FastifyReply): Promise<boolean> => {
+    const ctx = request.ctx
+    // headersDistinct tells a header sent twice (Node joins those with ", "); app.inject has none.
+    const distinct = (request.raw.headersDistinct as IncomingMessage['headersDistinct'] | undefined)?.['idempotency-key']
+    const key = idempotencyKey(request.headers['idempotency-key'], distinct?.length)
+    if (key === undefined) return false
+    if (ctx.body === undefined && isStream(request.body)) {
+      const length = Number(request.headers['content-length'] ?? 0)
+      if (length > bodyLimit) throw new PayloadTooLarge()
+      ctx.body = await readBody(request.body, bodyLimit)
+    }
+    const answer = await claimIdempotency(store, clock(), ctx, key, ctx.body)
+    if (answer === undefined) return false
+    const quota = principalOf(ctx).claims.quota
+    if (quota !== undefined) {
+      // Every /call answer carries the RateLimit fields; a replay's are read, nothing is charged.
+      try {
+        reply.headers(quotaHeaders(await quotas.usage(principalOf(ctx).sub, quota)))
+      } catch (err) {
+        request.log.warn({ err }, 'quota usage unavailable for a replayed answer')
+      }
+    }
+    reply.code(answer.status)
+    if (answer.contentType !== undefined) reply.header('content-type', answer.contentType)
+    reply.header('idempotent-replayed', 'true')
+    request.log.info({ audit: 'call.replayed', tool: ctx.tool?.name, client_id: principalOf(ctx).clientId, sub: principalOf(ctx).sub, status: answer.status }, 'idempotent call replayed')
+    reply.send(answer.body)
+    return true
+  }
+
+  /** Keeps the answer of a call holding an Idempotency-Key as it streams, or frees the key. */
+  const idempotencyTap = (request: FastifyRequest, status: number, contentType: unknown): AnswerTap => {
+    const ctx = request.ctx
+    const capture = new AnswerCapture()
+    // CONTRACT §10: a streamed answer (an event stream) is not kept; its key is freed.
+    const streamed = typeof contentType === 'string' && contentType.split(';')[0]?.trim().toLowerCase() === 'text/event-stream'
+    return {
+      data: chunk => { if (!streamed) capture.push(chunk) },
+      end: async () => {
+        const body = streamed ? undefined : capture.body()
+        await finishIdempotency(store, clock(), ctx, body === undefined ? undefined : { status, contentType: typeof contentType === 'string' ? contentType : undefined, body }, request.log)
+      },
+      abort: () => { finishIdempotency(store, clock(), ctx, undefined, request.log).catch(() => {}) }
+    }
   }
 
   /** authorize for /call: the named tool, its audience and scopes. */
@@ -184,6 +270,9 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   app.addHook('onResponse', (request, reply, done) => {
     const tool = request.ctx.tool
     if (tool !== undefined && reply.statusCode !== 101) metrics.countCall(tool.name, reply.statusCode)
+    // A call that claimed an Idempotency-Key and ended before its answer was kept (refused by the
+    // quota, an upstream failure, any error): its key is free for a retry.
+    if (request.ctx.idempotency !== undefined) finishIdempotency(store, clock(), request.ctx, undefined, request.log).catch(() => {})
     done()
   })
 
@@ -230,10 +319,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     reply.hijack()
     // A body that breaks off (reset, body timeout) is an upstream failure too; the caller going
     // away is not.
+    const tap = request.ctx.idempotency !== undefined ? idempotencyTap(request, answer.statusCode, headers['content-type']) : undefined
     answer.relayTo(reply.raw, headers, (err) => {
       trace?.upstreamFailed(err)
       settleReply(request, undefined, true).catch(() => {})
-    }, rewriteFor?.(answer.headers), beforeEnd)
+    }, { rewrite: rewriteFor?.(answer.headers), beforeEnd, tap })
     return reply
   }
 
@@ -252,9 +342,10 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
   const passThroughFacts = async (request: FastifyRequest): Promise<CallFacts> => {
     const ctx = request.ctx
     const stream = request.body as Readable | undefined | null
-    if (stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
+    // An Idempotency-Key may have had the body read already (to hash it).
+    if (ctx.body === undefined && stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
       if (Number(request.headers['content-length'] ?? 0) > bodyLimit) throw new PayloadTooLarge()
-      ctx.body = await readCapped(stream, bodyLimit)
+      ctx.body = await readBody(stream, bodyLimit)
     }
     const { rest } = splitCallUrl(request.raw.url ?? '')
     return { args: passThroughArgs(request.headers['content-type'], ctx.body), size: ctx.body?.length ?? 0, method: request.method, path: rest }
@@ -360,19 +451,19 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         operationId: 'callTool',
         tags: ['tools'],
         summary: 'Call a tool',
-        description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC,
+        description: 'Checks, in order: bearer token (401), tool known (404), audience (401 invalid_token), scopes (403), rate limits per IP then per subject (429 rate_limited), Idempotency-Key (409, 422), quota (429 quota_exceeded). The unchanged body is POSTed to the tool\'s `url`; the tool\'s status, headers and body stream back. ' + CALL_HEADERS_DOC + IDEMPOTENCY_DOC,
         security: [{ bearerAuth: [] }],
         body: CallRequestSchema,
-        response: { 200: toolAnswer, ...errorResponses }
+        response: { 200: idempotentAnswer, ...errorResponses, ...idempotencyResponses }
       },
-      config: { protectedResource: 'tool' },
+      config: { protectedResource: 'tool', swaggerTransform: documentIdempotency },
       onRequest: authenticateCall,
       // One hook for the remaining checks, in the pipeline's order: a hook per stage costs a
       // promise and a dispatch on every call.
       preHandler: async (request, reply) => {
         const tool = authorizeCall(request.ctx, (request.body as { tool: string }).tool)
         refuseMcp(tool)
-        await limitAndMeter(request, reply, tool, callFacts)
+        if (await limitAndMeter(request, reply, tool, callFacts)) return reply
       }
     }, async (request, reply) => {
       const ctx = request.ctx
@@ -392,14 +483,14 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
-    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const preHandler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
       const tool = authorizeCall(ctx, (request.params as { tool: string }).tool)
       refuseMcp(tool)
       if (isUpgrade(request) && !tool.websocket) throw new TollgateError('invalid_request', 400, `tool ${tool.name} does not accept WebSocket connections`)
       const { rest, search } = splitCallUrl(request.raw.url ?? '')
       ctx.upstreamPath = upstreamPath(tool, rest, search)
-      await limitAndMeter(request, reply, tool, passThroughFacts)
+      if (await limitAndMeter(request, reply, tool, passThroughFacts)) return reply
     }
     const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
       const ctx = request.ctx
@@ -418,11 +509,12 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
         metrics.countCall(tool.name, 101)
         return undefined
       }
-      let body: Buffer | Readable | null = ctx.body ?? null
-      if (body === null && request.body !== undefined && request.body !== null && typeof (request.body as Readable).pipe === 'function') {
+      // An idempotent or priced call's body was read whole (to hash it, or to price it).
+      let body: Readable | Buffer | null = ctx.body ?? null
+      if (body === null && isStream(request.body)) {
         const length = Number(request.headers['content-length'] ?? 0)
         if (length > bodyLimit) throw new PayloadTooLarge()
-        body = capBody(request.body as Readable, bodyLimit)
+        body = capBody(request.body, bodyLimit)
       }
       return await forward(request, reply, tool, {
         method: request.method as UpstreamRequest['method'],
@@ -440,6 +532,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     // generated clients (openapi-fetch) leave a literal `{*}` in the URL.
     for (const method of ['GET', ...PASS_THROUGH_METHODS] as const) {
       const withBody = method === 'POST' || method === 'PUT' || method === 'PATCH'
+      const idempotent = method !== 'GET'
       scope.route({
         ...options,
         method,
@@ -449,11 +542,11 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
           operationId: method === 'GET' ? 'callToolPath' : `callToolPath${method[0]}${method.slice(1).toLowerCase()}`,
           tags: ['tools'],
           summary: `REST-style pass-through to a tool (${method})`,
-          description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC,
+          description: 'Any method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS): the method, the rest of the path, the query and the streamed body go to the tool\'s base URL. The same checks as POST /call; a path that would leave the base (`..`, encoded dots or slashes, backslashes, `//`, absolute URLs, encoded NUL) is 400 bad_path. A tool with `websocket: true` accepts WebSocket upgrades on GET (token in Authorization or the `bearer.<token>` subprotocol). ' + CALL_HEADERS_DOC + (idempotent ? IDEMPOTENCY_DOC + ' The body of a call with the key is read whole (up to server.bodyLimit) before it is forwarded.' : ''),
           security: [{ bearerAuth: [] }],
           params: Type.Object({ tool: Type.String(), '*': Type.String() }),
           ...(withBody ? { consumes: ['*/*'] } : {}),
-          response: { 200: toolAnswer, ...errorResponses }
+          response: idempotent ? { 200: idempotentAnswer, ...errorResponses, ...idempotencyResponses } : { 200: toolAnswer, ...errorResponses }
         },
         handler
       })

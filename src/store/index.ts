@@ -77,6 +77,21 @@ export interface CounterResult {
   ttl: number
 }
 
+/** A kept answer of an idempotent call (CONTRACT §10): replayed to later calls with its key. */
+export interface IdempotentAnswer {
+  status: number
+  contentType: string | undefined
+  body: Buffer
+}
+
+export type IdempotencyClaim =
+  /** The key was free (or its record had expired): the caller owns it now and runs the call. */
+  | { state: 'claimed' }
+  /** Another call with the key is still running. */
+  | { state: 'running', bodyHash: string }
+  /** A call with the key finished and its answer was kept. */
+  | { state: 'done', bodyHash: string, answer: IdempotentAnswer }
+
 export interface Store {
   readonly kind: 'sqlite' | 'redis'
 
@@ -138,6 +153,18 @@ export interface Store {
    * false when it was (a replay). Atomic: of concurrent callers with one key, exactly one gets true.
    */
   markSeen (key: string, expiresAt: number, now: number): Promise<boolean>
+
+  // ---- idempotency keys (CONTRACT §10); `key` is already scoped (subject, tool, key)
+  /**
+   * Claims `key` for a call with the body hash `bodyHash`, run by `owner` (a random id), until
+   * `expiresAt`; or tells what holds it. Atomic: of concurrent callers with one free key, exactly
+   * one gets `claimed`. An expired record counts as free.
+   */
+  claimIdempotencyKey (key: string, bodyHash: string, owner: string, expiresAt: number, now: number): Promise<IdempotencyClaim>
+  /** Keeps `answer` under the key `owner` claimed, until `expiresAt`; false when the claim is gone. */
+  completeIdempotencyKey (key: string, owner: string, answer: IdempotentAnswer, expiresAt: number, now: number): Promise<boolean>
+  /** Frees the key `owner` claimed and has not completed, so it may be used again; else a no-op. */
+  releaseIdempotencyKey (key: string, owner: string): Promise<void>
 
   // ---- housekeeping
   /** Deletes up to `limit` expired records of each kind; returns how many went. */

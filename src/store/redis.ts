@@ -19,6 +19,7 @@
 //   P{rv}:ent            hash   "kind:id" → expiresAt
 //   P{rv}:exp            zset   "kind:id" by expiresAt (purge)
 //   P{c:<key>}:<start>   string rate-limit counter of one fixed window
+//   P{idem:<key>}        hash   idempotency record: o (owner), h (body hash), and once kept s (status), ct, b (body)
 //
 // Times: the Store's times are the caller's clock (epoch ms, possibly injected). Redis TTLs run on
 // Redis's own clock, so a TTL is never set to end before the caller's expiry could: each one is
@@ -26,7 +27,7 @@
 // family, a revocation) is done by purgeExpired through the expiry indexes; TTLs are a backstop.
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis'
 import { StoreUnavailable } from '../errors.js'
-import type { CounterResult, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+import type { CounterResult, IdempotencyClaim, IdempotentAnswer, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
 
 export interface RedisStoreOptions {
   /** Bound on every store operation and on connecting (ms). */
@@ -245,6 +246,34 @@ local c = redis.call('INCR', KEYS[1])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return c`
   },
+  // KEYS: idempotency record. ARGV: body hash, owner, ttl ms. Claimed: {1}; else {0, hash, status|'', ct|'', body|''}.
+  tgIdemClaim: {
+    numberOfKeys: 1,
+    lua: `
+if redis.call('HSETNX', KEYS[1], 'o', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], 'h', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {1}
+end
+local r = redis.call('HMGET', KEYS[1], 'h', 's', 'ct', 'b')
+return {0, r[1] or '', r[2] or '', r[3] or '', r[4] or ''}`
+  },
+  // KEYS: idempotency record. ARGV: owner, status, content type|'', body, ttl ms. Only the owner's running claim.
+  tgIdemComplete: {
+    numberOfKeys: 1,
+    lua: `
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 's') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'ct', ARGV[3], 'b', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1`
+  },
+  // KEYS: idempotency record. ARGV: owner. Frees the owner's running claim.
+  tgIdemRelease: {
+    numberOfKeys: 1,
+    lua: `
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 's') == 1 then return 0 end
+return redis.call('DEL', KEYS[1])`
+  },
   // KEYS: log, entries, expiry. ARGV: now, limit
   tgPurgeRevocations: {
     numberOfKeys: 3,
@@ -276,7 +305,10 @@ return n`
 
 type ScriptName = keyof typeof SCRIPTS
 type Client = Redis | Cluster
-type Scripted = Record<ScriptName, (...args: Array<string | number>) => Promise<unknown>>
+type Scripted = Record<ScriptName, (...args: Array<string | number | Buffer>) => Promise<unknown>> & {
+  /** ioredis's Buffer variant of a defined command: bulk replies as Buffers (a kept body is bytes). */
+  tgIdemClaimBuffer: (...args: Array<string | number>) => Promise<unknown>
+}
 
 /** Removes the password from a redis URL (and anything that looks like one in a message). */
 export function redactUrl (text: string): string {
@@ -528,6 +560,28 @@ export class RedisStore implements Store {
     const ttl = Math.max(1, Math.ceil(expiresAt - now))
     const reply = await this.#do(async () => await this.#redis.set(`${this.#p}{seen:${encodeURIComponent(key)}}`, '1', 'PX', ttl, 'NX'))
     return reply === 'OK'
+  }
+
+  // ---- idempotency keys: one hash per key; Redis expires it on the caller's clock's TTL.
+  #idem (key: string): string { return `${this.#p}{idem:${encodeURIComponent(key)}}` }
+
+  async claimIdempotencyKey (key: string, bodyHash: string, owner: string, expiresAt: number, now: number): Promise<IdempotencyClaim> {
+    const ttl = Math.max(1, Math.ceil(expiresAt - now))
+    const reply = await this.#do(async () => await this.#scripts.tgIdemClaimBuffer(this.#idem(key), bodyHash, owner, ttl)) as [number, Buffer?, Buffer?, Buffer?, Buffer?]
+    if (reply[0] === 1) return { state: 'claimed' }
+    const [, hash, status, contentType, body] = reply as [number, Buffer, Buffer, Buffer, Buffer]
+    if (status.length === 0) return { state: 'running', bodyHash: hash.toString() }
+    const ct = contentType.toString()
+    return { state: 'done', bodyHash: hash.toString(), answer: { status: Number(status.toString()), contentType: ct === '' ? undefined : ct, body } }
+  }
+
+  async completeIdempotencyKey (key: string, owner: string, answer: IdempotentAnswer, expiresAt: number, now: number): Promise<boolean> {
+    const ttl = Math.max(1, Math.ceil(expiresAt - now))
+    return await this.#do(async () => await this.#scripts.tgIdemComplete(this.#idem(key), owner, answer.status, answer.contentType ?? '', answer.body, ttl)) === 1
+  }
+
+  async releaseIdempotencyKey (key: string, owner: string): Promise<void> {
+    await this.#do(async () => await this.#scripts.tgIdemRelease(this.#idem(key), owner))
   }
 
   async purgeExpired (now: number, limit: number): Promise<number> {

@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
-import type { CounterResult, CounterTake, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+import type { CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS keys (
@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS seen (
   key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+  key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, owner TEXT NOT NULL,
+  status INTEGER, content_type TEXT, body BLOB, expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 `
 
 const COUNTER_FLUSH_MS = 1000
@@ -131,6 +136,16 @@ export class SqliteStore implements Store {
       markSeen: db.prepare(`INSERT INTO seen (key, expires_at) VALUES (?, ?)
         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen.expires_at <= ?`),
       purgeSeen: db.prepare('DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE expires_at <= ? LIMIT ?)'),
+      // Inserted, or an expired record taken over (1 change); a live record: 0 changes.
+      claimIdem: db.prepare(`INSERT INTO idempotency (key, body_hash, owner, expires_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT (key) DO UPDATE SET body_hash = excluded.body_hash, owner = excluded.owner,
+          status = NULL, content_type = NULL, body = NULL, expires_at = excluded.expires_at
+        WHERE idempotency.expires_at <= ?`),
+      getIdem: db.prepare('SELECT body_hash, status, content_type, body FROM idempotency WHERE key = ?'),
+      completeIdem: db.prepare(`UPDATE idempotency SET status = ?, content_type = ?, body = ?, expires_at = ?
+        WHERE key = ? AND owner = ? AND status IS NULL AND expires_at > ?`),
+      releaseIdem: db.prepare('DELETE FROM idempotency WHERE key = ? AND owner = ? AND status IS NULL'),
+      purgeIdem: db.prepare('DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ? LIMIT ?)'),
       ping: db.prepare('SELECT 1').pluck()
     }
     this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
@@ -325,6 +340,24 @@ export class SqliteStore implements Store {
     return this.#stmt.markSeen.run(key, expiresAt, now).changes === 1
   }
 
+  async claimIdempotencyKey (key: string, bodyHash: string, owner: string, expiresAt: number, now: number): Promise<IdempotencyClaim> {
+    // One transaction: the claim and, when it is taken, the record that holds it.
+    return this.#db.transaction((): IdempotencyClaim => {
+      if (this.#stmt.claimIdem.run(key, bodyHash, owner, expiresAt, now).changes === 1) return { state: 'claimed' }
+      const row = this.#stmt.getIdem.get(key) as { body_hash: string, status: number | null, content_type: string | null, body: Buffer | null }
+      if (row.status === null) return { state: 'running', bodyHash: row.body_hash }
+      return { state: 'done', bodyHash: row.body_hash, answer: { status: row.status, contentType: row.content_type ?? undefined, body: row.body ?? Buffer.alloc(0) } }
+    }).immediate()
+  }
+
+  async completeIdempotencyKey (key: string, owner: string, answer: IdempotentAnswer, expiresAt: number, now: number): Promise<boolean> {
+    return this.#stmt.completeIdem.run(answer.status, answer.contentType ?? null, answer.body, expiresAt, key, owner, now).changes === 1
+  }
+
+  async releaseIdempotencyKey (key: string, owner: string): Promise<void> {
+    this.#stmt.releaseIdem.run(key, owner)
+  }
+
   async purgeExpired (now: number, limit: number): Promise<number> {
     this.#flushCounters(now) // write pending increments and forget ended windows before purging rows
     return this.#db.transaction(() => {
@@ -336,6 +369,7 @@ export class SqliteStore implements Store {
       n += this.#stmt.purgeRevocations.run(now, limit).changes
       n += this.#stmt.purgeCounters.run(now, limit).changes
       n += this.#stmt.purgeSeen.run(now, limit).changes
+      n += this.#stmt.purgeIdem.run(now, limit).changes
       return n
     }).immediate()
   }
