@@ -147,6 +147,7 @@ export default async function adminClientRoutes (app: FastifyInstance): Promise<
       operationId: 'adminGetClient',
       tags: ['admin'],
       summary: 'One client',
+      description: 'A config-file client (`source: config`) or one created through this API (`source: admin`), never with its secret.',
       security: adminSecurity,
       params: IdParams,
       response: { 200: response('The client', ClientView), 404: problem('client_not_found'), ...errors }
