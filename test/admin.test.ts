@@ -2,9 +2,15 @@
 // the guard (401 / 403), credits added at one replica usable at the other, resets, the ledger
 // adding up to the usage, run-time clients created, disabled, deleted and given new secrets with
 // the effect reaching the other replica within 1 s, and config clients read-only (409).
+import { spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { FORM, ManualClock, basic, client, form } from './helper.js'
+import { buildApp } from '../src/app.js'
+import { loadConfig } from '../src/config.js'
+import { FORM, ManualClock, SECRET, basic, client, form, tempDir } from './helper.js'
+import { CLI, ROOT, ensureBuilt } from './support/process.js'
 import { startApp, startUpstream } from './call-helper.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
@@ -53,7 +59,8 @@ async function replicas (t: Test, clock?: ManualClock): Promise<[FastifyInstance
   ], {
     clients: CLIENTS,
     store: { redis: redisUrl, keyPrefix, timeout: '2s' },
-    rateLimits: { token: { max: 100_000, window: '1m' }, perSubject: { max: 100_000, window: '1m' } }
+    // Polling /token while a change propagates counts failed authentications: room for them.
+    rateLimits: { token: { max: 100_000, window: '1m' }, perSubject: { max: 100_000, window: '1m' }, failedAuthPerClient: { max: 10_000, window: '5m' }, failedAuthPerIp: { max: 10_000, window: '5m' } }
   }, {}, clock?.fn)).app
   return [await one(), await one()]
 }
@@ -222,4 +229,63 @@ t.test('config clients are listed but read-only: 409 client_from_config', { skip
   t.equal((await token(a, 'agent')).status, 200, 'the config client still works')
   t.equal((await admin(a, root, 'POST', '/admin/clients', { id: 'bad', claims: { sub: 'x' } })).status, 400, 'a registered claim is refused')
   t.equal((await admin(a, root, 'POST', '/admin/clients', { id: 'bad id' })).status, 400, 'a malformed id is refused')
+})
+
+async function cli (args: string[], env: Record<string, string>): Promise<{ status: number | null, stdout: string, stderr: string }> {
+  return await new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    child.once('error', reject)
+    child.once('close', status => { resolve({ status, stdout, stderr }) })
+  })
+}
+
+t.test('tollgate usage export writes the ledger as CSV and JSONL from the configured store (the real CLI)', async t => {
+  ensureBuilt()
+  const dir = tempDir(t)
+  const file = join(dir, 'tollgate.yaml')
+  // JSON is YAML: the config file the CLI and the app both read, on one SQLite file.
+  writeFileSync(file, JSON.stringify({
+    issuer: 'https://tollgate.test',
+    dataDir: dir,
+    logLevel: 'silent',
+    clients: [ADMIN, client('metered', { quota: { limit: 10, window: '1h' } })],
+    tools: [{ name: 'chat', url: `${upstream.origin}/chat`, audience: 'tool:chat', scopes: ['tools:call'] }]
+  }))
+  const env = { TOLLGATE_SECRET: SECRET }
+  const clock = new ManualClock()
+  const app = await buildApp(loadConfig({ configPath: file, env }), { logger: false, clock: clock.fn })
+  await app.ready()
+  const metered = (await token(app, 'metered')).body.access_token
+  t.equal(await call(app, metered), 200)
+  clock.advance(60_000)
+  t.equal(await call(app, metered), 200)
+  const root = await adminToken(app)
+  // A subject from an identity provider may be anything: a credit for one that looks like a formula.
+  t.equal((await admin(app, root, 'POST', `/admin/usage/${encodeURIComponent('=evil,"x"')}/credits`, { add: 2, limit: 5, window: 60 })).status, 200)
+  t.equal((await admin(app, root, 'POST', '/admin/usage/metered/credits', { add: 4 })).status, 200)
+  await app.close() // writes the last ledger lines
+
+  const csv = await cli(['usage', 'export', '--config', file], env)
+  t.equal(csv.status, 0, csv.stderr)
+  const rows = csv.stdout.trimEnd().split('\n')
+  t.equal(rows[0], 'ts,sub,client_id,tool,kind,amount,request_id')
+  t.equal(rows.length, 5, 'a header and four lines')
+  t.match(rows[1], new RegExp(`^${new Date(clock.now - 60_000).toISOString()},metered,metered,chat,charge,1,\\S+$`))
+  t.match(rows[3], /^[^,]+,"'=evil,""x""",admin,,credit,2,\S+$/, 'quoted, and never a spreadsheet formula')
+  t.match(rows[4], /,metered,admin,,credit,4,/)
+
+  const jsonl = await cli(['usage', 'export', '--format', 'jsonl', '--since', new Date(clock.now).toISOString(), '--config', file], env)
+  t.equal(jsonl.status, 0, jsonl.stderr)
+  const lines = jsonl.stdout.trimEnd().split('\n').map(l => JSON.parse(l))
+  t.same(lines.map(l => `${l.sub}:${l.kind}:${l.amount}`), ['metered:charge:1', '=evil,"x":credit:2', 'metered:credit:4'], '--since leaves out the earlier line')
+  t.same(Object.keys(lines[0]), ['ts', 'sub', 'client_id', 'tool', 'kind', 'amount', 'request_id'])
+
+  const bad = await cli(['usage', 'export', '--format', 'xml', '--config', file], env)
+  t.equal(bad.status, 1)
+  t.match(bad.stderr, /--format is csv or jsonl/)
+  t.equal((await cli(['usage', 'export', '--since', 'last week', '--config', file], env)).status, 1, 'a malformed --since')
 })

@@ -37,3 +37,35 @@ export class Ledger {
     await this.#write()
   }
 }
+
+/** A ledger line as the admin API and `tollgate usage export` write it (CONTRACT §11). */
+export interface LedgerLine {
+  ts: string
+  sub: string
+  client_id: string | null
+  tool: string | null
+  kind: LedgerEntry['kind']
+  amount: number
+  request_id: string | null
+}
+
+export function ledgerLine (e: LedgerEntry): LedgerLine {
+  return { ts: new Date(e.ts).toISOString(), sub: e.sub, client_id: e.clientId, tool: e.tool, kind: e.kind, amount: e.amount, request_id: e.requestId }
+}
+
+export const LEDGER_COLUMNS = ['ts', 'sub', 'client_id', 'tool', 'kind', 'amount', 'request_id'] as const
+
+/**
+ * One CSV row (RFC 4180: fields with a comma, quote or line break are quoted, quotes doubled). A
+ * text field starting with =, +, -, @, tab or CR gets a leading ' so a spreadsheet never runs it
+ * as a formula (subjects may come from an identity provider); amounts are written as numbers.
+ */
+export function csvRow (line: LedgerLine): string {
+  return LEDGER_COLUMNS.map(column => {
+    const value = line[column]
+    if (value === null) return ''
+    if (typeof value === 'number') return String(value)
+    const text = /^[=+\-@\t\r]/.test(value) ? `'${value}` : value
+    return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text
+  }).join(',')
+}

@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Type, type Static } from 'typebox'
 import { BadRequest, QuotaUnknown, StoreUnavailable, TollgateError } from '../errors.js'
 import { authorize, principalOf } from '../pipeline/index.js'
-import type { LedgerEntry } from '../store/index.js'
+import { ledgerLine } from '../quota/ledger.js'
 import type { QuotaClaim } from '../tokens/index.js'
 import { headers, problem, response } from '../schemas/index.js'
 import adminClientRoutes from './admin-clients.js'
@@ -95,10 +95,6 @@ export function parseSince (since: string | undefined, name = 'since'): number |
   return ms
 }
 
-/** The ledger line as the API and the export write it. */
-export function ledgerLine (e: LedgerEntry): Static<typeof LedgerLine> {
-  return { ts: new Date(e.ts).toISOString(), sub: e.sub, client_id: e.clientId, tool: e.tool, kind: e.kind, amount: e.amount, request_id: e.requestId }
-}
 
 export default async function adminRoutes (app: FastifyInstance): Promise<void> {
   // The guard for every route in this plugin: authenticate (401), then audience and scope (401 / 403).
