@@ -155,10 +155,11 @@ t.test('credits added at one replica are usable at the other; reset; the ledger 
 t.test('run-time clients: created at one replica, disabled, rotated and deleted with effect at the other within 1 s', { skip: redisUrl === undefined ? 'no Redis' : false }, async t => {
   const [a, b] = await replicas(t)
   const root = await adminToken(a)
-  const created = await admin(a, root, 'POST', '/admin/clients', { id: 'runtime-1', scopes: ['tools:call'], audiences: ['tool:chat'], quota: { limit: 10, window: 60 }, refresh: true, claims: { role: 'bot' } })
+  // A quota large enough that the polls below (each a charged call until a change arrives) never spend it.
+  const created = await admin(a, root, 'POST', '/admin/clients', { id: 'runtime-1', scopes: ['tools:call'], audiences: ['tool:chat'], quota: { limit: 1000, window: 60 }, refresh: true, claims: { role: 'bot' } })
   t.equal(created.status, 201)
   t.equal(created.headers['cache-control'], 'no-store')
-  t.match(created.body, { id: 'runtime-1', source: 'admin', scopes: ['tools:call'], quota: { limit: 10, window: 60 }, disabled: false, client_secret: /^[A-Za-z0-9_-]{43}$/ })
+  t.match(created.body, { id: 'runtime-1', source: 'admin', scopes: ['tools:call'], quota: { limit: 1000, window: 60 }, disabled: false, client_secret: /^[A-Za-z0-9_-]{43}$/ })
   const secret = created.body.client_secret as string
   t.equal((await admin(a, root, 'POST', '/admin/clients', { id: 'runtime-1' })).body.code, 'client_exists')
 
@@ -199,7 +200,13 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   // Enabled again: new tokens work, the old one stays refused.
   t.equal((await admin(a, root, 'PATCH', '/admin/clients/runtime-1', { disabled: false, scopes: ['tools:call', 'tools:read'] })).status, 200)
   let again: { status: number, body: any } = { status: 0, body: undefined }
-  t.ok(await within(2500, async () => { again = await token(b, 'runtime-1', {}, fresh); return again.status === 200 && await call(b, again.body.access_token) === 200 }) !== undefined, 'enabled again: a new token works')
+  let lastCall = 0
+  t.ok(await within(2500, async () => {
+    again = await token(b, 'runtime-1', {}, fresh)
+    lastCall = again.status === 200 ? await call(b, again.body.access_token) : 0
+    return lastCall === 200
+  }) !== undefined, 'enabled again: a new token works')
+  t.equal(lastCall, 200, `token ${again.status} ${JSON.stringify(again.body).slice(0, 200)}`)
   t.equal(again.body.scope, 'tools:call tools:read', 'the changed scopes are in the new token')
   t.equal(await call(b, access), 401, 'the token from before the disable stays refused')
 
