@@ -10,6 +10,7 @@ import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { FORM, ManualClock, SECRET, basic, client, form, tempDir } from './helper.js'
+import { captureLog } from './support/logs.js'
 import { CLI, ROOT, ensureBuilt } from './support/process.js'
 import { startApp, startUpstream } from './call-helper.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
@@ -295,4 +296,32 @@ t.test('tollgate usage export writes the ledger as CSV and JSONL from the config
   t.equal(bad.status, 1)
   t.match(bad.stderr, /--format is csv or jsonl/)
   t.equal((await cli(['usage', 'export', '--since', 'last week', '--config', file], env)).status, 1, 'a malformed --since')
+})
+
+t.test('every admin change writes an audit line naming the admin; no secret ever reaches a log line', async t => {
+  const config = loadConfig({
+    raw: { issuer: 'https://tollgate.test', dataDir: tempDir(t), logLevel: 'info', clients: [ADMIN, client('metered', { quota: { limit: 2, window: '1h' } })] },
+    env: { TOLLGATE_SECRET: SECRET }
+  })
+  const log = captureLog(config, 'info')
+  const app = await buildApp(config, { loggerInstance: log.logger })
+  t.teardown(() => app.close())
+  await app.ready()
+  const root = await adminToken(app)
+  const created = await admin(app, root, 'POST', '/admin/clients', { id: 'logged', scopes: [], audiences: [] })
+  const rotated = await admin(app, root, 'POST', '/admin/clients/logged/secret')
+  await admin(app, root, 'PATCH', '/admin/clients/logged', { disabled: true })
+  await admin(app, root, 'PATCH', '/admin/clients/logged', { claims: { team: 'a' } })
+  await admin(app, root, 'DELETE', '/admin/clients/logged')
+  await admin(app, root, 'POST', '/admin/usage/metered/credits', { add: 1 })
+  await admin(app, root, 'POST', '/admin/usage/metered/reset', {})
+  const audits = log.parsed.filter(l => typeof l.audit === 'string' && l.audit.startsWith('admin.'))
+  t.same(audits.map(l => l.audit), ['admin.client.created', 'admin.client.secret_rotated', 'admin.client.disabled', 'admin.client.updated', 'admin.client.deleted', 'admin.usage.credited', 'admin.usage.reset'])
+  t.ok(audits.every(l => l.admin_client_id === 'admin' && l.admin_sub === 'admin'), 'each names who made the change')
+  t.match(audits[0], { client_id: 'logged' })
+  t.match(audits[5], { sub: 'metered', add: 1 })
+  const all = log.lines.join('\n')
+  t.notOk(all.includes(created.body.client_secret as string), 'the created secret is in no log line')
+  t.notOk(all.includes(rotated.body.client_secret as string), 'the rotated secret is in no log line')
+  t.notOk(all.includes(root), 'nor the admin token')
 })
