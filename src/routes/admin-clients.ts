@@ -12,7 +12,7 @@ import { RESERVED_CLAIMS } from '../config.js'
 import { BadRequest, ClientExists, ClientFromConfig, ClientNotFound } from '../errors.js'
 import type { StoredClient } from '../store/index.js'
 import { headers, problem, response } from '../schemas/index.js'
-import { adminActor, adminErrors, adminSecurity, storeCall } from './admin.js'
+import { adminActor, adminErrors, adminSecurity, storeCall } from './admin-common.js'
 
 const Id = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', description: 'Client id (as in the config file)' })
 const Scopes = Type.Array(Type.String({ pattern: '^[\\x21\\x23-\\x5B\\x5D-\\x7E]+$' }), { maxItems: 100, description: 'Scopes the client may request' })

@@ -3,42 +3,15 @@
 // guard is the pipeline's authenticate and authorize stages: a Tollgate access token with audience
 // `tollgate:admin` and scope `tollgate:admin` (401 / 403 as on every protected route). Every change
 // writes an audit line naming the admin token's client and subject.
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import { Type, type Static } from 'typebox'
-import { BadRequest, QuotaUnknown, StoreUnavailable, TollgateError } from '../errors.js'
+import { BadRequest, QuotaUnknown } from '../errors.js'
 import { authorize, principalOf } from '../pipeline/index.js'
 import { ledgerLine } from '../quota/ledger.js'
 import type { QuotaClaim } from '../tokens/index.js'
-import { headers, problem, response } from '../schemas/index.js'
+import { problem, response } from '../schemas/index.js'
 import adminClientRoutes from './admin-clients.js'
-
-export const ADMIN_AUDIENCE = 'tollgate:admin'
-export const ADMIN_SCOPE = 'tollgate:admin'
-const ADMIN_SCOPES = [ADMIN_SCOPE]
-
-/** The errors every admin route can answer. */
-export const adminErrors = {
-  401: problem('No token, or an invalid, expired or revoked one, or one without audience tollgate:admin', headers.wwwAuthenticateBearer),
-  403: problem('The token lacks scope tollgate:admin', headers.wwwAuthenticateBearer),
-  503: problem('The state store is unavailable')
-}
-
-export const adminSecurity = [{ adminAuth: [] }]
-
-/** Store failures become 503; the admin API's own refusals pass through. */
-export async function storeCall<T> (op: Promise<T>): Promise<T> {
-  try {
-    return await op
-  } catch (err) {
-    throw err instanceof TollgateError ? err : new StoreUnavailable({ cause: err })
-  }
-}
-
-/** Who made an admin change, for audit lines. */
-export function adminActor (request: FastifyRequest): { admin_client_id: string, admin_sub: string } {
-  const p = principalOf(request.ctx)
-  return { admin_client_id: p.clientId, admin_sub: p.sub }
-}
+import { ADMIN_AUDIENCE, ADMIN_SCOPES, adminActor, adminErrors, adminSecurity, storeCall } from './admin-common.js'
 
 const Balance = Type.Object({
   sub: Type.String(),
