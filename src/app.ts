@@ -17,6 +17,7 @@ import lifecyclePlugin from './plugins/lifecycle.js'
 import metricsPlugin from './plugins/metrics.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import tracingPlugin from './plugins/tracing.js'
+import adminRoutes from './routes/admin.js'
 import callRoutes from './routes/call.js'
 import discoveryRoutes from './routes/discovery.js'
 import healthRoutes from './routes/health.js'
@@ -177,12 +178,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
         { name: 'validation', description: 'Introspection and forward auth' },
         { name: 'keys', description: 'Public keys and server metadata' },
         { name: 'tools', description: 'Calls to downstream tools' },
-        { name: 'operations', description: 'Health and metrics' }
+        { name: 'operations', description: 'Health and metrics' },
+        { name: 'admin', description: 'Admin API: clients, credits and the usage ledger at run time (token with audience and scope tollgate:admin)' }
       ],
       components: {
         securitySchemes: {
           bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token from POST /token' },
-          clientBasic: { type: 'http', scheme: 'basic', description: 'Client credentials (client_secret_basic)' }
+          clientBasic: { type: 'http', scheme: 'basic', description: 'Client credentials (client_secret_basic)' },
+          adminAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token from POST /token with audience `tollgate:admin` and scope `tollgate:admin` (issued to a client configured with them)' }
         }
       }
     },
@@ -201,6 +204,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(metricsRoutes)
   await app.register(callRoutes)
   await app.register(quotaRoutes)
+  await app.register(adminRoutes)
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
   return app

@@ -1,4 +1,4 @@
-// The `tollgate` command's verbs: serve, hash-secret, keys list|rotate|retire, openapi.
+// The `tollgate` command's verbs: serve, hash-secret, keys list|rotate|retire, usage export, openapi.
 import { userInfo } from 'node:os'
 import { parseArgs } from 'node:util'
 import { hashSecret } from './clients/index.js'
@@ -18,6 +18,10 @@ Commands:
                                  stop publishing a key and refuse every token it signed, at every
                                  replica within the key reload interval (10 s); a signing key is
                                  first replaced by a fresh one
+  usage export [--since ISO] [--format csv|jsonl] [--config PATH]
+                                 write the usage ledger (every charge, refund, settlement, credit
+                                 and reset) from the configured store to stdout, for billing
+                                 (default csv, with a header line)
   openapi                        print the OpenAPI 3.1 document
   --help                         this text
 
@@ -82,10 +86,36 @@ function kidAsPositional (argv: string[]): string[] {
   return [argv[0], argv[1], ...argv.slice(3), '--', kid]
 }
 
+/** Pages through the store's ledger and writes it to stdout, waiting when stdout is full. */
+async function exportLedger (config: Config, format: 'csv' | 'jsonl', since: number | undefined): Promise<void> {
+  const { openStore } = await import('./store/index.js')
+  const { LEDGER_COLUMNS, csvRow, ledgerLine } = await import('./quota/ledger.js')
+  const store = await openStore(config)
+  const write = async (text: string): Promise<void> => {
+    if (!process.stdout.write(text)) await new Promise(resolve => process.stdout.once('drain', resolve))
+  }
+  try {
+    if (format === 'csv') await write(LEDGER_COLUMNS.join(',') + '\n')
+    let after: string | undefined
+    do {
+      const page = await store.listLedger({ limit: 1000, ...(since !== undefined ? { since } : {}), ...(after !== undefined ? { after } : {}) })
+      let out = ''
+      for (const entry of page.entries) {
+        const line = ledgerLine(entry)
+        out += (format === 'csv' ? csvRow(line) : JSON.stringify(line)) + '\n'
+      }
+      if (out !== '') await write(out)
+      after = page.next
+    } while (after !== undefined)
+  } finally {
+    await store.close()
+  }
+}
+
 export async function main (argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: kidAsPositional(argv),
-    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, now: { type: 'boolean' } },
+    options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, now: { type: 'boolean' }, since: { type: 'string' }, format: { type: 'string' } },
     allowPositionals: true
   })
   const [command, sub] = positionals
@@ -145,6 +175,24 @@ export async function main (argv: string[]): Promise<number> {
         printKeys(keys)
         return 0
       })
+    }
+    case 'usage': {
+      if (sub !== 'export' || positionals.length > 2) break
+      const format = values.format ?? 'csv'
+      if (format !== 'csv' && format !== 'jsonl') {
+        process.stderr.write('usage export: --format is csv or jsonl\n')
+        return 1
+      }
+      let since: number | undefined
+      if (values.since !== undefined) {
+        since = /^\d{4}-\d{2}-\d{2}/.test(values.since) ? Date.parse(values.since) : Number.NaN
+        if (Number.isNaN(since)) {
+          process.stderr.write('usage export: --since must be an ISO 8601 time, e.g. 2026-11-30T00:00:00Z\n')
+          return 1
+        }
+      }
+      await exportLedger(load(), format, since)
+      return 0
     }
     case 'openapi': {
       const { printOpenApi } = await import('./openapi.js')

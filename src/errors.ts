@@ -36,6 +36,10 @@ export type ErrorCode =
   | 'idempotency_in_flight'
   | 'idempotency_key_reused'
   | 'internal_error'
+  | 'client_from_config'
+  | 'client_not_found'
+  | 'client_exists'
+  | 'quota_unknown'
 
 export class TollgateError extends Error {
   /** Extra response headers (WWW-Authenticate, Retry-After, ...). */
@@ -181,4 +185,27 @@ function quote (value: string): string {
 export function quotedString (value: string): string {
   const safe = value.replace(/[^\x20-\x7e]/gu, c => [...Buffer.from(c, 'utf8')].map(b => '%' + b.toString(16).toUpperCase().padStart(2, '0')).join(''))
   return `"${safe.replace(/["\\]/g, c => '\\' + c)}"`
+}
+
+/** Admin API (CONTRACT §11): a client from the config file is read-only at run time. */
+export class ClientFromConfig extends TollgateError {
+  constructor (id: string) { super('client_from_config', 409, `client ${JSON.stringify(id)} comes from the config file and is read-only; change it there`) }
+}
+
+export class ClientNotFound extends TollgateError {
+  constructor (id: string) { super('client_not_found', 404, `no client ${JSON.stringify(id.slice(0, 128))}`) }
+}
+
+export class ClientExists extends TollgateError {
+  constructor (id: string) { super('client_exists', 409, `a client ${JSON.stringify(id)} exists already`) }
+}
+
+/** Admin usage routes: the subject's quota (limit, window) is neither a client's nor given. */
+export class QuotaUnknown extends TollgateError {
+  constructor (sub: string) { super('quota_unknown', 400, `no client ${JSON.stringify(sub.slice(0, 128))} with a quota: pass limit and window`) }
+}
+
+/** A malformed request outside the OAuth endpoints (problem+json). */
+export class BadRequest extends TollgateError {
+  constructor (detail: string) { super('invalid_request', 400, detail) }
 }

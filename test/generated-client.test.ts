@@ -11,7 +11,7 @@ import openapiTS, { astToString } from 'openapi-typescript'
 import t from 'tap'
 import { startApp } from './call-helper.js'
 import { startUpstream } from './support/upstream.js'
-import { CLIENT_SECRET, type TestContext } from './helper.js'
+import { CLIENT_SECRET, client, type TestContext } from './helper.js'
 
 const run = promisify(execFile)
 const root = fileURLToPath(new URL('..', import.meta.url))
@@ -67,10 +67,15 @@ t.test('a schema regression is a compile error in the client program', async t =
 
 t.test('the generated client drives token, introspection, forward auth, call, quota, refresh, revoke and jwks', async t => {
   const upstream = await startUpstream(t)
-  const { base } = await startApp(t, upstream, [{ name: 'chat' }])
+  const { base } = await startApp(t, upstream, [{ name: 'chat' }], {
+    clients: [
+      client('agent', { quota: { limit: 100, window: '1d' }, claims: { role: 'user' }, refresh: true }),
+      client('admin', { scopes: ['tollgate:admin'], audiences: ['tollgate:admin'] })
+    ]
+  })
   // The same file the first test type-checked (its import of the generated types is type-only).
   const { runFlow } = await import(pathToFileURL(EXAMPLE).href) as { runFlow: (options: Record<string, string>) => Promise<Record<string, unknown>> }
-  const seen = await runFlow({ baseUrl: base, clientId: 'agent', clientSecret: CLIENT_SECRET, tool: 'chat', audience: 'tool:chat' }) as Record<string, any>
+  const seen = await runFlow({ baseUrl: base, clientId: 'agent', clientSecret: CLIENT_SECRET, tool: 'chat', audience: 'tool:chat', adminClientId: 'admin', adminClientSecret: CLIENT_SECRET }) as Record<string, any>
 
   t.same(seen.token, { status: 200, token_type: 'Bearer', scope: 'tools:call', expires_in: 300, hasRefresh: true, cacheControl: 'no-store' })
   t.same(seen.invalidScope, { status: 400, error: 'invalid_scope', data: undefined }, 'a typed OAuth error')
@@ -92,6 +97,11 @@ t.test('the generated client drives token, introspection, forward auth, call, qu
   t.same(seen.revoke, { status: 200, activeAfter: false, forwardAuthAfter: 401, code: 'token_revoked', replayStatus: 400, replayError: 'invalid_grant' })
   t.match(seen.jwks, { status: 200, alg: 'ES256', tokenAlg: 'ES256', use: 'sig' })
   t.type(seen.jwks.kid, 'string', 'the token\'s kid is in the JWKS')
+
+  t.same(seen.adminCreate, { status: 201, id: 'generated-client', source: 'admin', secretLength: 43 }, 'the admin API through its generated types')
+  t.match(seen.adminCredits, { status: 200, sub: 'agent', limit: 100, used: 2, credits: 5, remaining: 103 })
+  t.same(seen.adminReadOnly, { status: 409, code: 'client_from_config' })
+  t.same(seen.adminLedger, { status: 200, kinds: ['charge', 'charge', 'credit'] })
 
   t.equal(upstream.seen.length, 2, 'exactly the two calls reached the tool')
 })

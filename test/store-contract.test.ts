@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import type { KeyRecord, RefreshFamily, Store } from '../src/store/index.js'
+import type { KeyRecord, LedgerEntry, RefreshFamily, Store, StoredClient } from '../src/store/index.js'
 import { RedisStore } from '../src/store/redis.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { ManualClock, tempDir } from './helper.js'
@@ -183,6 +183,85 @@ function contract (t: Test, open: Open): void {
     t.ok(after.every(u => u >= 0), 'no settlement ever reports a usage below zero')
     t.equal(Math.min(...after), 0)
     t.equal(await store.getQuota('xena', 0, MIN), 0, 'never below zero')
+  })
+
+  t.test('quota: credits raise the window\'s allowance, atomically under concurrency; reset clears usage, keeps credits', async t => {
+    const store = await open(t)
+    t.equal(await store.getCredits('gina', 0, MIN), 0)
+    t.same(await store.consumeQuota('gina', 0, MIN, 5, 5), { granted: true, used: 5 })
+    t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: false, used: 5 }, 'spent')
+    t.equal(await store.addCredits('gina', 0, MIN, 10), 10)
+    t.equal(await store.addCredits('gina', 0, MIN, 5), 15, 'credits add up')
+    t.equal(await store.getCredits('gina', 0, MIN), 15)
+    t.equal(await store.getCredits('gina', MIN, MIN), 0, 'only that window')
+    // 50 concurrent charges against limit 5 + 15 credits with 5 used: exactly 15 more.
+    const results = await Promise.all(Array.from({ length: 50 }, () => store.consumeQuota('gina', 0, MIN, 5, 1)))
+    t.equal(results.filter(r => r.granted).length, 15)
+    t.ok(results.every(r => r.credits === 15), 'every answer reports the credits')
+    t.equal(await store.getQuota('gina', 0, MIN), 20)
+    t.same(await store.consumeQuota('gina', MIN, MIN, 5, 6), { granted: false, used: 0 }, 'the next window has no credits')
+    // A first charge above the limit but within limit + credits.
+    await store.addCredits('hank', 0, MIN, 4)
+    t.same(await store.consumeQuota('hank', 0, MIN, 3, 7), { granted: true, used: 7, credits: 4 })
+    t.equal(await store.resetQuota('gina', 0, MIN), 20, 'reset answers the usage it cleared')
+    t.equal(await store.getQuota('gina', 0, MIN), 0)
+    t.equal(await store.getCredits('gina', 0, MIN), 15, 'credits survive a reset')
+    t.equal(await store.resetQuota('nobody', 0, MIN), 0)
+    t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: true, used: 1, credits: 15 })
+  })
+
+  t.test('ledger: appended in order, filtered by subject and time, paged to the end by the cursor', async t => {
+    const store = await open(t)
+    t.same(await store.listLedger({ limit: 10 }), { entries: [], next: undefined })
+    const line = (i: number, sub: string): LedgerEntry => ({ ts: NOW + i, sub, clientId: sub === 'x' ? null : 'agent', tool: i % 2 === 0 ? 'chat' : null, kind: i % 3 === 0 ? 'refund' : 'charge', amount: i, requestId: `r${i}` })
+    const lines = Array.from({ length: 25 }, (_, i) => line(i, i % 5 === 0 ? 'x' : 'alice'))
+    await store.appendLedger(lines.slice(0, 10))
+    await store.appendLedger([])
+    await Promise.all(lines.slice(10).map(async l => { await store.appendLedger([l]) }))
+    const all: LedgerEntry[] = []
+    let after: string | undefined
+    let pages = 0
+    do {
+      const page = await store.listLedger({ limit: 7, ...(after !== undefined ? { after } : {}) })
+      all.push(...page.entries)
+      after = page.next
+      pages++
+    } while (after !== undefined)
+    t.equal(pages, 4, '7 + 7 + 7 + 4')
+    t.same(all.slice(0, 10), lines.slice(0, 10), 'lines come back whole, in append order')
+    t.same([...all].sort((a, b) => a.amount - b.amount), lines, 'every line once')
+    const xs = await store.listLedger({ sub: 'x', limit: 100 })
+    t.same(xs.entries.map(e => e.amount).sort((a, b) => a - b), [0, 5, 10, 15, 20])
+    t.equal(xs.next, undefined)
+    const late = await store.listLedger({ since: NOW + 20, limit: 100 })
+    t.same(late.entries.map(e => e.amount).sort((a, b) => a - b), [20, 21, 22, 23, 24])
+    const lateX = await store.listLedger({ sub: 'x', since: NOW + 6, limit: 2 })
+    t.same(lateX.entries.map(e => e.amount).sort((a, b) => a - b).length, 2)
+    const rest = await store.listLedger({ sub: 'x', since: NOW + 6, limit: 2, after: lateX.next as string })
+    t.same([...lateX.entries, ...rest.entries].map(e => e.amount).sort((a, b) => a - b), [10, 15, 20])
+  })
+
+  t.test('clients: create, update, tombstone and create again, each bumping the version', async t => {
+    const store = await open(t)
+    t.same(await store.listClients(), { version: 0, clients: [] })
+    t.equal(await store.clientsVersion(), 0)
+    const c: StoredClient = { id: 'rt-1', scopes: ['a'], audiences: ['tool:x'], quota: { limit: 5, window: 60 }, refresh: false, exchange: false, claims: { role: 'r' }, secretHash: '$h', disabled: false, deleted: false, notBefore: 0, createdAt: NOW, updatedAt: NOW }
+    t.equal(await store.putClient(c, 'update'), false, 'no client to update')
+    t.equal(await store.putClient(c, 'create'), true)
+    t.equal(await store.putClient(c, 'create'), false, 'the id is taken')
+    t.equal(await store.clientsVersion(), 1)
+    t.equal(await store.putClient({ ...c, disabled: true }, 'update'), true)
+    t.same(await store.listClients(), { version: 2, clients: [{ ...c, disabled: true }] })
+    await store.putClient({ ...c, id: 'rt-0' }, 'create')
+    t.same((await store.listClients()).clients.map(x => x.id), ['rt-0', 'rt-1'], 'ordered by id')
+    t.equal(await store.putClient({ ...c, deleted: true, secretHash: '' }, 'update'), true)
+    t.equal(await store.putClient({ ...c, scopes: ['b'] }, 'update'), false, 'a tombstone is not updated')
+    t.equal(await store.putClient({ ...c, scopes: ['c'] }, 'create'), true, 'a tombstone is replaced by a new client')
+    const again = await store.listClients()
+    t.equal(again.version, 5)
+    t.same(again.clients.find(x => x.id === 'rt-1')?.scopes, ['c'])
+    const racers = await Promise.all(Array.from({ length: 10 }, () => store.putClient({ ...c, id: 'race' }, 'create')))
+    t.equal(racers.filter(Boolean).length, 1, 'of concurrent creations exactly one wins')
   })
 
   t.test('refresh: rotation moves the family to the new token; every token finds its family', async t => {

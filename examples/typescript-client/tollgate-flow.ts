@@ -17,6 +17,9 @@ export interface FlowOptions {
   /** A configured tool the client's token may call. */
   tool: string
   audience: string
+  /** A client configured with audience and scope tollgate:admin: the flow then drives the admin API too. */
+  adminClientId?: string
+  adminClientSecret?: string
 }
 
 /**
@@ -122,6 +125,28 @@ export async function runFlow (options: FlowOptions): Promise<Record<string, unk
   const header = JSON.parse(Buffer.from(token.access_token.split('.')[0] ?? '', 'base64url').toString('utf8')) as { kid: string, alg: string }
   const key = jwks.data?.keys.find(k => k.kid === header.kid)
   seen.jwks = { status: jwks.response.status, kid: key?.kid, alg: key?.alg, tokenAlg: header.alg, use: key?.use }
+
+  // 9. The admin API (its own security scheme, adminAuth): a token with audience and scope
+  // tollgate:admin creates a client (its secret shown once) and adds credits to a subject.
+  if (options.adminClientId !== undefined && options.adminClientSecret !== undefined) {
+    const adminBasic = 'Basic ' + Buffer.from(`${encodeURIComponent(options.adminClientId)}:${encodeURIComponent(options.adminClientSecret)}`).toString('base64')
+    const adminIssued = await tollgate.POST('/token', {
+      headers: { authorization: adminBasic, 'content-type': 'application/x-www-form-urlencoded' },
+      body: { grant_type: 'client_credentials', scope: 'tollgate:admin', audience: 'tollgate:admin' },
+      bodySerializer: formBody
+    })
+    if (adminIssued.data === undefined) throw new Error(`admin token refused: ${adminIssued.error.error}`)
+    const admin = { authorization: `Bearer ${adminIssued.data.access_token}` }
+    const created = await tollgate.POST('/admin/clients', { headers: admin, body: { id: 'generated-client', scopes: ['tools:call'], audiences: [options.audience] } })
+    const secret: string | undefined = created.data?.client_secret
+    seen.adminCreate = { status: created.response.status, id: created.data?.id, source: created.data?.source, secretLength: secret?.length }
+    const credited = await tollgate.POST('/admin/usage/{sub}/credits', { headers: admin, params: { path: { sub: options.clientId } }, body: { add: 5 } })
+    seen.adminCredits = { status: credited.response.status, ...credited.data }
+    const readOnly = await tollgate.PATCH('/admin/clients/{id}', { headers: admin, params: { path: { id: options.clientId } }, body: { disabled: true } })
+    seen.adminReadOnly = { status: readOnly.response.status, code: readOnly.error?.code }
+    const ledger = await tollgate.GET('/admin/ledger', { headers: admin, params: { query: { sub: options.clientId } } })
+    seen.adminLedger = { status: ledger.response.status, kinds: ledger.data?.entries.map(e => e.kind) }
+  }
 
   return seen
 }

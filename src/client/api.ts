@@ -336,6 +336,158 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/usage/{sub}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A subject's quota usage and credits
+         * @description The subject's usage in the current window of its quota. The quota (limit and window) is that of the client whose id is the subject (client-credentials tokens); for another subject pass `limit` and `window`.
+         */
+        get: operations["adminGetUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/usage/{sub}/credits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Add credits to a subject's current window
+         * @description Adds `add` cost units to the subject's allowance for the current window of its quota (limit + credits), at every replica at once (the charge reads the credits in the same atomic step). Credits end with the window. Recorded in the ledger as `credit`.
+         */
+        post: operations["adminAddCredits"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/usage/{sub}/reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reset a subject's usage in the current window
+         * @description Sets the subject's usage in the current window back to 0 (credits stay). Recorded in the ledger as `reset` with the usage cleared as its amount. The body is optional.
+         */
+        post: operations["adminResetUsage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/ledger": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Page through the usage ledger
+         * @description Lines in the order they were written: every charge, refund, settlement, credit and reset. Filter by `sub` and `since`; follow `next` (as `after`) until it is null.
+         */
+        get: operations["adminListLedger"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/clients": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List clients
+         * @description The config file's clients (`source: config`, read-only) and those created through this API (`source: admin`), never with secrets.
+         */
+        get: operations["adminListClients"];
+        put?: never;
+        /**
+         * Create a client
+         * @description The fields of a config-file client except the secret (durations in seconds). The answer carries a generated secret, shown once; it is stored only as a scrypt hash. The client can get tokens at every replica within 1 s.
+         */
+        post: operations["adminCreateClient"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/clients/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One client
+         * @description A config-file client (`source: config`) or one created through this API (`source: admin`), never with its secret.
+         */
+        get: operations["adminGetClient"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a client
+         * @description The client can no longer get tokens, and its access and refresh tokens stop working within 1 s at every replica. Config-file clients are read-only.
+         */
+        delete: operations["adminDeleteClient"];
+        options?: never;
+        head?: never;
+        /**
+         * Change or disable a client
+         * @description Changes the given fields. `disabled: true` refuses the client new tokens and, within 1 s at every replica, its access and refresh tokens. Config-file clients are read-only.
+         */
+        patch: operations["adminUpdateClient"];
+        trace?: never;
+    };
+    "/admin/clients/{id}/secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give a client a new secret
+         * @description Generates a new secret, shown once. The old secret stops working at once here and within 1 s at every replica; tokens already issued keep working until they expire (disable the client to stop them).
+         */
+        post: operations["adminRotateClientSecret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -2703,6 +2855,907 @@ export interface operations {
                 headers: {
                     /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminGetUsage: {
+        parameters: {
+            query?: {
+                /** @description The subject's quota limit, when the subject is not a client with a quota */
+                limit?: string;
+                /** @description The subject's quota window in seconds, with `limit` */
+                window?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The subject (`sub` claim); for client-credentials tokens the client id */
+                sub: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage in the current window */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        sub: string;
+                        /** @description Cost units allowed per window (the subject's quota) */
+                        limit: number;
+                        /** @description Used in the current window */
+                        used: number;
+                        /** @description limit + credits − used, at least 0 */
+                        remaining: number;
+                        /** @description Window length in seconds */
+                        window: number;
+                        /** @description Seconds until the window resets */
+                        reset: number;
+                        /** @description Added to the allowance of the current window */
+                        credits: number;
+                    };
+                };
+            };
+            /** @description quota_unknown: the subject is not a client with a quota and no limit and window were given; or a malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminAddCredits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The subject (`sub` claim); for client-credentials tokens the client id */
+                sub: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Cost units to add to the current window's allowance */
+                    add: number;
+                    /** @description The subject's quota limit, when the subject is not a client with a quota */
+                    limit?: number;
+                    /** @description The subject's quota window in seconds, with `limit` */
+                    window?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description Usage after the credit */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        sub: string;
+                        /** @description Cost units allowed per window (the subject's quota) */
+                        limit: number;
+                        /** @description Used in the current window */
+                        used: number;
+                        /** @description limit + credits − used, at least 0 */
+                        remaining: number;
+                        /** @description Window length in seconds */
+                        window: number;
+                        /** @description Seconds until the window resets */
+                        reset: number;
+                        /** @description Added to the allowance of the current window */
+                        credits: number;
+                    };
+                };
+            };
+            /** @description quota_unknown, or a malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminResetUsage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The subject (`sub` claim); for client-credentials tokens the client id */
+                sub: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description The subject's quota limit, when the subject is not a client with a quota */
+                    limit?: number;
+                    /** @description The subject's quota window in seconds, with `limit` */
+                    window?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description Usage after the reset */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        sub: string;
+                        /** @description Cost units allowed per window (the subject's quota) */
+                        limit: number;
+                        /** @description Used in the current window */
+                        used: number;
+                        /** @description limit + credits − used, at least 0 */
+                        remaining: number;
+                        /** @description Window length in seconds */
+                        window: number;
+                        /** @description Seconds until the window resets */
+                        reset: number;
+                        /** @description Added to the allowance of the current window */
+                        credits: number;
+                    };
+                };
+            };
+            /** @description quota_unknown, or a malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminListLedger: {
+        parameters: {
+            query?: {
+                /** @description Only this subject's lines */
+                sub?: string;
+                /** @description Only lines at or after this time (ISO 8601, e.g. 2026-11-30T00:00:00Z) */
+                since?: string;
+                /** @description Lines per page, 1 to 1000 (default 100) */
+                limit?: string;
+                /** @description The `next` cursor of the previous page */
+                after?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of the ledger */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        entries: {
+                            /** Format: date-time */
+                            ts: string;
+                            sub: string;
+                            client_id: string | null;
+                            tool: string | null;
+                            kind: "charge" | "refund" | "settle" | "credit" | "reset";
+                            /** @description Cost units: charged, given back, changed by a settlement, credited, or cleared by a reset */
+                            amount: number;
+                            request_id: string | null;
+                        }[];
+                        /** @description Pass as `after` for the next page; null when the ledger was read to its end */
+                        next: string | null;
+                    };
+                };
+            };
+            /** @description A malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminListClients: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every client */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        clients: {
+                            id: string;
+                            /** @description `config`: from the config file, read-only; `admin`: created through this API */
+                            source: "config" | "admin";
+                            scopes: string[];
+                            audiences: string[];
+                            /** @description The quota written into the client's tokens */
+                            quota?: {
+                                limit: number;
+                                /** @description Seconds */
+                                window: number;
+                            };
+                            refresh: boolean;
+                            exchange: boolean;
+                            dpop?: "optional" | "required";
+                            accessTtl?: number;
+                            claims: {
+                                [key: string]: unknown;
+                            };
+                            disabled: boolean;
+                            /** Format: date-time */
+                            created_at?: string;
+                            /** Format: date-time */
+                            updated_at?: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminCreateClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Client id (as in the config file) */
+                    id: string;
+                    /** @description Scopes the client may request */
+                    scopes?: string[];
+                    /** @description Audiences the client may request */
+                    audiences?: string[];
+                    /** @description The quota written into the client's tokens */
+                    quota?: {
+                        limit: number;
+                        /** @description Seconds */
+                        window: number;
+                    };
+                    refresh?: boolean;
+                    exchange?: boolean;
+                    dpop?: "optional" | "required";
+                    /** @description Access-token lifetime in seconds (default tokens.accessTtl) */
+                    accessTtl?: number;
+                    /** @description Static claims added to every access token (not registered claim names) */
+                    claims?: {
+                        [key: string]: string | number | boolean | string[];
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description The client and its secret */
+            201: {
+                headers: {
+                    /** @description `no-store`: the answer carries or describes a credential */
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        id: string;
+                        /** @description `config`: from the config file, read-only; `admin`: created through this API */
+                        source: "config" | "admin";
+                        scopes: string[];
+                        audiences: string[];
+                        /** @description The quota written into the client's tokens */
+                        quota?: {
+                            limit: number;
+                            /** @description Seconds */
+                            window: number;
+                        };
+                        refresh: boolean;
+                        exchange: boolean;
+                        dpop?: "optional" | "required";
+                        accessTtl?: number;
+                        claims: {
+                            [key: string]: unknown;
+                        };
+                        disabled: boolean;
+                        /** Format: date-time */
+                        created_at?: string;
+                        /** Format: date-time */
+                        updated_at?: string;
+                    } & {
+                        /** @description The client secret: shown once, stored only as a scrypt hash */
+                        client_secret: string;
+                    };
+                };
+            };
+            /** @description A malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_from_config (the id is a config client's) or client_exists */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminGetClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The client */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        id: string;
+                        /** @description `config`: from the config file, read-only; `admin`: created through this API */
+                        source: "config" | "admin";
+                        scopes: string[];
+                        audiences: string[];
+                        /** @description The quota written into the client's tokens */
+                        quota?: {
+                            limit: number;
+                            /** @description Seconds */
+                            window: number;
+                        };
+                        refresh: boolean;
+                        exchange: boolean;
+                        dpop?: "optional" | "required";
+                        accessTtl?: number;
+                        claims: {
+                            [key: string]: unknown;
+                        };
+                        disabled: boolean;
+                        /** Format: date-time */
+                        created_at?: string;
+                        /** Format: date-time */
+                        updated_at?: string;
+                    };
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminDeleteClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_from_config: the client comes from the config file */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminUpdateClient: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Scopes the client may request */
+                    scopes?: string[];
+                    /** @description Audiences the client may request */
+                    audiences?: string[];
+                    /** @description null removes the quota */
+                    quota?: {
+                        limit: number;
+                        /** @description Seconds */
+                        window: number;
+                    } | null;
+                    refresh?: boolean;
+                    exchange?: boolean;
+                    /** @description null goes back to tokens.accessTtl */
+                    accessTtl?: number | null;
+                    /** @description Static claims added to every access token (not registered claim names) */
+                    claims?: {
+                        [key: string]: string | number | boolean | string[];
+                    };
+                    /** @description true: no tokens, and its access tokens stop working everywhere within 1 s; false: enabled again (tokens issued before it was disabled stay refused) */
+                    disabled?: boolean;
+                };
+            };
+        };
+        responses: {
+            /** @description The client after the change */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        id: string;
+                        /** @description `config`: from the config file, read-only; `admin`: created through this API */
+                        source: "config" | "admin";
+                        scopes: string[];
+                        audiences: string[];
+                        /** @description The quota written into the client's tokens */
+                        quota?: {
+                            limit: number;
+                            /** @description Seconds */
+                            window: number;
+                        };
+                        refresh: boolean;
+                        exchange: boolean;
+                        dpop?: "optional" | "required";
+                        accessTtl?: number;
+                        claims: {
+                            [key: string]: unknown;
+                        };
+                        disabled: boolean;
+                        /** Format: date-time */
+                        created_at?: string;
+                        /** Format: date-time */
+                        updated_at?: string;
+                    };
+                };
+            };
+            /** @description A malformed request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_from_config: the client comes from the config file */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The state store is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminRotateClientSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The new secret */
+            200: {
+                headers: {
+                    /** @description `no-store`: the answer carries or describes a credential */
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        client_id: string;
+                        /** @description The new secret: shown once; the old one stops working at once */
+                        client_secret: string;
+                    };
+                };
+            };
+            /** @description No token, or an invalid, expired or revoked one, or one without audience tollgate:admin */
+            401: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks scope tollgate:admin */
+            403: {
+                headers: {
+                    /** @description RFC 6750 §3 challenge: `Bearer realm="tollgate"`, with `error` and `error_description` (and `scope` for insufficient_scope) when a token was presented; on a 401, `resource_metadata` names the RFC 9728 metadata URL of the tool called (or of the gateway) */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description client_from_config: the client comes from the config file */
+            409: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

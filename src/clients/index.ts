@@ -5,6 +5,7 @@
 // once, a few more wait, and the rest are refused at once rather than queued without bound.
 import { createHmac, randomBytes, scrypt as scryptCb, scryptSync, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import type { ClientConfig } from '../config.js'
+import type { StoredClient } from '../store/index.js'
 import { OAuthError } from '../errors.js'
 import type { QuotaClaim } from '../tokens/index.js'
 
@@ -43,6 +44,13 @@ function scrypt (secret: string, salt: Buffer, params: ScryptHash['params']): Pr
 export function hashSecret (secret: string, params = DEFAULT_PARAMS): string {
   const salt = randomBytes(16)
   const hash = scryptSync(secret, salt, KEY_LENGTH, { ...params, maxmem: MAXMEM })
+  return `$scrypt$ln=${Math.log2(params.N)},r=${params.r},p=${params.p}$${salt.toString('base64').replace(/=+$/, '')}$${hash.toString('base64').replace(/=+$/, '')}`
+}
+
+/** hashSecret off the event loop (the admin API hashes the secrets it generates). */
+export async function hashSecretAsync (secret: string, params = DEFAULT_PARAMS): Promise<string> {
+  const salt = randomBytes(16)
+  const hash = await scrypt(secret, salt, params)
   return `$scrypt$ln=${Math.log2(params.N)},r=${params.r},p=${params.p}$${salt.toString('base64').replace(/=+$/, '')}$${hash.toString('base64').replace(/=+$/, '')}`
 }
 
@@ -127,8 +135,31 @@ export function dummyParams (hashes: ReadonlyArray<ScryptHash['params']>): Scryp
   return { ...(best?.params ?? DEFAULT_PARAMS) }
 }
 
+/** A stored (run-time) client as the registry serves it. */
+export function clientOf (c: StoredClient | ClientConfig): Client {
+  const client: Client = {
+    id: c.id,
+    scopes: [...new Set(c.scopes)],
+    audiences: [...new Set(c.audiences)],
+    refresh: c.refresh,
+    exchange: c.exchange,
+    claims: c.claims
+  }
+  if (c.quota !== undefined) client.quota = { limit: c.quota.limit, window: c.quota.window }
+  if (c.accessTtl !== undefined) client.accessTtl = c.accessTtl
+  if (c.dpop !== undefined) client.dpop = c.dpop
+  return client
+}
+
 export class ClientRegistry {
   readonly #clients = new Map<string, { client: Client, secret: ScryptHash }>()
+  /** The ids of the config file's clients: read-only at run time, never replaced by a stored one. */
+  readonly #configIds = new Set<string>()
+  /**
+   * Client id → epoch seconds: that client's access tokens issued before it are refused (Infinity
+   * while the client is disabled or deleted). Read by Tokens on every verification.
+   */
+  readonly denials = new Map<string, number>()
   readonly #dummy: ScryptHash
   /** HMACs of recently verified (id, secret) pairs: repeat issuance skips scrypt. Process-local key. */
   readonly #verified = new Map<string, number>()
@@ -147,18 +178,8 @@ export class ClientRegistry {
       } catch (err) {
         throw new Error(`config: clients.${i}.secretHash: ${(err as Error).message}`)
       }
-      const client: Client = {
-        id: c.id,
-        scopes: [...new Set(c.scopes)],
-        audiences: [...new Set(c.audiences)],
-        refresh: c.refresh,
-        exchange: c.exchange,
-        claims: c.claims
-      }
-      if (c.quota !== undefined) client.quota = { limit: c.quota.limit, window: c.quota.window }
-      if (c.accessTtl !== undefined) client.accessTtl = c.accessTtl
-      if (c.dpop !== undefined) client.dpop = c.dpop
-      this.#clients.set(c.id, { client, secret })
+      this.#clients.set(c.id, { client: clientOf(c), secret })
+      this.#configIds.add(c.id)
     })
     const params = dummyParams([...this.#clients.values()].map(e => e.secret.params))
     // An unknown client's secret is run through scrypt with these parameters and compared with a
@@ -182,6 +203,37 @@ export class ClientRegistry {
 
   get size (): number {
     return this.#clients.size
+  }
+
+  fromConfig (id: string): boolean {
+    return this.#configIds.has(id)
+  }
+
+  /**
+   * Replaces the run-time clients with `stored` (the store's whole set, tombstones included). A
+   * disabled or deleted client is no longer served (it cannot authenticate, so it gets no token and
+   * cannot refresh), and its access tokens are denied through `denials`. Recently verified secrets
+   * are forgotten, so a rotated secret stops working at once.
+   */
+  applyStored (stored: readonly StoredClient[]): void {
+    for (const id of [...this.#clients.keys()]) if (!this.#configIds.has(id)) this.#clients.delete(id)
+    this.denials.clear()
+    this.#verified.clear()
+    for (const c of stored) {
+      if (this.#configIds.has(c.id)) continue
+      if (c.disabled || c.deleted) {
+        this.denials.set(c.id, Number.POSITIVE_INFINITY)
+        continue
+      }
+      if (c.notBefore > 0) this.denials.set(c.id, c.notBefore)
+      let secret: ScryptHash
+      try {
+        secret = parseSecretHash(c.secretHash)
+      } catch {
+        continue // never written by Tollgate: the client cannot authenticate
+      }
+      this.#clients.set(c.id, { client: clientOf(c), secret })
+    }
   }
 
   /**

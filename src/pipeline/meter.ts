@@ -16,7 +16,7 @@ export async function meter (quotas: Quotas, ctx: RequestContext, cost: number):
   if (quota === undefined) return undefined
   let charge
   try {
-    charge = await quotas.consume(principal.sub, quota, cost)
+    charge = await quotas.consume(principal.sub, quota, cost, { clientId: principal.clientId, tool: ctx.tool?.name, requestId: ctx.id })
   } catch (err) {
     throw err instanceof TollgateError ? err : new StoreUnavailable({ cause: err })
   }

@@ -74,7 +74,8 @@ export async function settleReported (quotas: Quotas, ctx: RequestContext, repor
     // A refund after this (the body broke off) gives back what was settled, not the reservation.
     charge.receipt = { ...charge.receipt, cost: reported }
     const usage = ctx.usage ?? charge.usage
-    ctx.usage = { ...usage, used, remaining: Math.max(0, usage.limit - used) }
+    // What was left moves by the change in usage (credits, when any, stay in it).
+    ctx.usage = { ...usage, used, remaining: Math.max(0, usage.remaining - (used - usage.used)) }
   }
   ctx.charged = reported
   return ctx.usage === undefined ? undefined : quotaHeaders(ctx.usage)

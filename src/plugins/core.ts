@@ -3,6 +3,7 @@
 // on `onClose`, so `app.close()` leaves nothing running.
 import fp from 'fastify-plugin'
 import { ClientRegistry } from '../clients/index.js'
+import { ClientSync } from '../clients/sync.js'
 import type { Config } from '../config.js'
 import { KeyManager } from '../keys/index.js'
 import { resolveSecret } from '../keys/material.js'
@@ -22,6 +23,8 @@ export interface CoreOptions {
   keyReloadMs?: number
   /** How often expired records are purged (ms). */
   purgeMs?: number
+  /** How often each replica checks the store for client changes made through the admin API (ms). */
+  clientSyncMs?: number
 }
 
 declare module 'fastify' {
@@ -32,6 +35,8 @@ declare module 'fastify' {
     keys: KeyManager
     tokens: Tokens
     clients: ClientRegistry
+    /** Keeps `clients` in step with the run-time clients in the store (admin API). */
+    clientSync: ClientSync
     /** Failed client authentications per client id and per address (src/oauth/failed-auth.ts). */
     failedClientAuth: FailedClientAuth
     quotas: Quotas
@@ -43,12 +48,19 @@ declare module 'fastify' {
 }
 
 export const KEY_RELOAD_MS = 10_000
+/** Run-time client changes reach every replica within this (CONTRACT §11: within 1 s). */
+export const CLIENT_SYNC_MS = 250
 
 export default fp<CoreOptions>(async function core (app, opts) {
   const { config } = opts
   const clock = opts.clock ?? Date.now
   const store = opts.store ?? await openStore(config, app.log)
-  if (opts.store === undefined) app.addHook('onClose', async () => { await store.close() })
+  let quotas: Quotas | undefined
+  app.addHook('onClose', async () => {
+    // Ledger lines still waiting are written before the store closes.
+    await quotas?.ledger.flush()
+    if (opts.store === undefined) await store.close()
+  })
 
   const { secret, generated, file } = resolveSecret(config.secret, config.dataDir)
   if (generated) app.log.warn({ file }, 'generated a key-encryption secret; set TOLLGATE_SECRET to manage it yourself (replicas must share one)')
@@ -81,9 +93,17 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.decorate('store', store)
   app.decorate('keys', keys)
   app.decorate('tokens', tokens)
-  app.decorate('clients', new ClientRegistry(config.clients, clock, { concurrentSecretChecks: config.rateLimits.concurrentSecretChecks }))
+  const clients = new ClientRegistry(config.clients, clock, { concurrentSecretChecks: config.rateLimits.concurrentSecretChecks })
+  tokens.clientDenials = clients.denials
+  const clientSync = new ClientSync(store, clients, opts.clientSyncMs ?? CLIENT_SYNC_MS, err => { app.log.warn({ err }, 'client sync failed') })
+  await clientSync.start()
+  app.decorate('clients', clients)
+  app.decorate('clientSync', clientSync)
   app.decorate('failedClientAuth', new FailedClientAuth(store, clock, config.rateLimits))
-  app.decorate('quotas', new Quotas(store, clock))
+  quotas = new Quotas(store, clock, {
+    onLedgerError: (err, lost) => { app.log.error({ err, event: 'ledger.lost', lost }, 'usage ledger lines could not be written') }
+  })
+  app.decorate('quotas', quotas)
   app.decorate('resources', new ProtectedResources({
     publicUrl: config.server.publicUrl ?? config.issuer,
     issuer: config.issuer,
@@ -111,5 +131,6 @@ export default fp<CoreOptions>(async function core (app, opts) {
   app.addHook('onClose', async () => {
     for (const t of timers) clearInterval(t)
     tokens.stop()
+    clientSync.stop()
   })
 }, { name: 'tollgate-core' })

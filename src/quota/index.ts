@@ -1,8 +1,13 @@
 // Quota metering: fixed windows aligned to multiples of the window since the Unix epoch, counted
 // per subject in the store, so a new token never resets usage. Check-and-charge is one atomic
-// store operation; a refund gives back what a failed call took. Knows nothing about HTTP.
-import type { Store } from '../store/index.js'
+// store operation; a refund gives back what a failed call took. Credits (admin API) raise one
+// window's allowance above the limit. Every charge, refund, credit and reset is recorded in the
+// usage ledger here, the one place they all pass. Knows nothing about HTTP.
+import type { LedgerEntry, Store } from '../store/index.js'
 import type { QuotaClaim } from '../tokens/index.js'
+import { Ledger } from './ledger.js'
+
+export { Ledger } from './ledger.js'
 
 export interface QuotaUsage {
   limit: number
@@ -14,15 +19,36 @@ export interface QuotaUsage {
   reset: number
 }
 
+/** Who made a charge, for its ledger line. */
+export interface ChargeMeta {
+  clientId?: string | undefined
+  tool?: string | undefined
+  requestId?: string | undefined
+}
+
 export interface Charge {
   granted: boolean
   usage: QuotaUsage
   /** Pass to refund() to give the charge back. */
-  receipt: { sub: string, windowStart: number, windowMs: number, cost: number }
+  receipt: { sub: string, windowStart: number, windowMs: number, cost: number, meta?: ChargeMeta | undefined }
+}
+
+export interface QuotasOptions {
+  /** A ledger line could not be written (logged by the caller). */
+  onLedgerError?: (err: unknown, lost: number) => void
 }
 
 export class Quotas {
-  constructor (readonly store: Store, readonly clock: () => number = Date.now) {}
+  readonly ledger: Ledger
+
+  constructor (readonly store: Store, readonly clock: () => number = Date.now, options: QuotasOptions = {}) {
+    this.ledger = new Ledger(store, options.onLedgerError)
+  }
+
+  /** Appends one line to the usage ledger (settlements and other kinds recorded elsewhere use this too). */
+  record (sub: string, kind: LedgerEntry['kind'], amount: number, meta: ChargeMeta = {}): void {
+    this.ledger.record({ ts: this.clock(), sub, clientId: meta.clientId ?? null, tool: meta.tool ?? null, kind, amount, requestId: meta.requestId ?? null })
+  }
 
   #window (quota: QuotaClaim): { windowStart: number, windowMs: number, reset: number } {
     const windowMs = quota.window * 1000
@@ -31,22 +57,31 @@ export class Quotas {
     return { windowStart, windowMs, reset: Math.ceil((windowStart + windowMs - now) / 1000) }
   }
 
-  #usage (quota: QuotaClaim, used: number, reset: number): QuotaUsage {
-    return { limit: quota.limit, used, remaining: Math.max(0, quota.limit - used), window: quota.window, reset }
+  #usage (quota: QuotaClaim, used: number, reset: number, credits = 0): QuotaUsage {
+    return { limit: quota.limit, used, remaining: Math.max(0, quota.limit + credits - used), window: quota.window, reset }
   }
 
   async usage (sub: string, quota: QuotaClaim): Promise<QuotaUsage> {
     const w = this.#window(quota)
-    return this.#usage(quota, await this.store.getQuota(sub, w.windowStart, w.windowMs), w.reset)
+    const [used, credits] = await Promise.all([this.store.getQuota(sub, w.windowStart, w.windowMs), this.store.getCredits(sub, w.windowStart, w.windowMs)])
+    return this.#usage(quota, used, w.reset, credits)
   }
 
-  async consume (sub: string, quota: QuotaClaim, cost: number): Promise<Charge> {
+  /** Usage with the window's credits (the admin API's view). */
+  async balance (sub: string, quota: QuotaClaim): Promise<QuotaUsage & { credits: number }> {
+    const w = this.#window(quota)
+    const [used, credits] = await Promise.all([this.store.getQuota(sub, w.windowStart, w.windowMs), this.store.getCredits(sub, w.windowStart, w.windowMs)])
+    return { ...this.#usage(quota, used, w.reset, credits), credits }
+  }
+
+  async consume (sub: string, quota: QuotaClaim, cost: number, meta?: ChargeMeta): Promise<Charge> {
     const w = this.#window(quota)
     const result = await this.store.consumeQuota(sub, w.windowStart, w.windowMs, quota.limit, cost)
+    if (result.granted && cost > 0) this.record(sub, 'charge', cost, meta)
     return {
       granted: result.granted,
-      usage: this.#usage(quota, result.used, w.reset),
-      receipt: { sub, windowStart: w.windowStart, windowMs: w.windowMs, cost }
+      usage: this.#usage(quota, result.used, w.reset, result.credits),
+      receipt: { sub, windowStart: w.windowStart, windowMs: w.windowMs, cost, meta }
     }
   }
 
@@ -55,11 +90,31 @@ export class Quotas {
    * never below 0, an increase even past the limit. Resolves with the usage after it.
    */
   async settle (receipt: Charge['receipt'], delta: number): Promise<number> {
-    return await this.store.settleQuota(receipt.sub, receipt.windowStart, receipt.windowMs, delta)
+    const used = await this.store.settleQuota(receipt.sub, receipt.windowStart, receipt.windowMs, delta)
+    this.record(receipt.sub, 'settle', delta, receipt.meta)
+    return used
   }
 
   async refund (receipt: Charge['receipt']): Promise<void> {
-    if (receipt.cost > 0) await this.store.refundQuota(receipt.sub, receipt.windowStart, receipt.windowMs, receipt.cost)
+    if (receipt.cost <= 0) return
+    await this.store.refundQuota(receipt.sub, receipt.windowStart, receipt.windowMs, receipt.cost)
+    this.record(receipt.sub, 'refund', receipt.cost, receipt.meta)
+  }
+
+  /** Adds `amount` to the subject's allowance for the current window. */
+  async addCredits (sub: string, quota: QuotaClaim, amount: number, meta?: ChargeMeta): Promise<QuotaUsage & { credits: number }> {
+    const w = this.#window(quota)
+    await this.store.addCredits(sub, w.windowStart, w.windowMs, amount)
+    this.record(sub, 'credit', amount, meta)
+    return await this.balance(sub, quota)
+  }
+
+  /** Sets the subject's usage in the current window back to 0; the ledger line carries what was cleared. */
+  async reset (sub: string, quota: QuotaClaim, meta?: ChargeMeta): Promise<QuotaUsage & { credits: number }> {
+    const w = this.#window(quota)
+    const cleared = await this.store.resetQuota(sub, w.windowStart, w.windowMs)
+    this.record(sub, 'reset', cleared, meta)
+    return await this.balance(sub, quota)
   }
 }
 

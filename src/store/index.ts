@@ -23,6 +23,61 @@ export interface QuotaResult {
   granted: boolean
   /** Usage in the window after the operation (unchanged when refused). */
   used: number
+  /** Credits added to the window's allowance (admin API); the check allowed limit + credits. */
+  credits?: number
+}
+
+/** What a usage-ledger line records (CONTRACT §11). */
+export type LedgerKind = 'charge' | 'refund' | 'settle' | 'credit' | 'reset'
+
+export interface LedgerEntry {
+  /** Epoch ms (the caller's clock). */
+  ts: number
+  sub: string
+  clientId: string | null
+  tool: string | null
+  kind: LedgerKind
+  /** Cost units: positive for a charge or a credit, the amount given back for a refund, the change for a settlement, the usage cleared for a reset. */
+  amount: number
+  requestId: string | null
+}
+
+export interface LedgerQuery {
+  /** Only this subject's lines. */
+  sub?: string
+  /** Only lines with ts >= since (epoch ms). */
+  since?: number
+  /** The cursor of the previous page. */
+  after?: string
+  limit: number
+}
+
+export interface LedgerPage {
+  entries: LedgerEntry[]
+  /** Pass back as `after` for the next page; undefined when the ledger was read to its end. */
+  next: string | undefined
+}
+
+/** A client created at run time through the admin API (CONTRACT §11). */
+export interface StoredClient {
+  id: string
+  scopes: string[]
+  audiences: string[]
+  quota?: { limit: number, window: number }
+  refresh: boolean
+  exchange: boolean
+  accessTtl?: number
+  claims: Record<string, unknown>
+  dpop?: 'optional' | 'required'
+  /** scrypt hash (src/clients hashSecret); empty for a deleted client. */
+  secretHash: string
+  disabled: boolean
+  /** A tombstone: kept so every replica refuses the client's tokens. */
+  deleted: boolean
+  /** Access tokens of this client issued before this time (epoch seconds) are refused. */
+  notBefore: number
+  createdAt: number
+  updatedAt: number
 }
 
 export interface RefreshFamily {
@@ -118,6 +173,26 @@ export interface Store {
    * increase finds none.
    */
   settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number>
+  /** Adds `amount` to the window's credits (its allowance above the limit); returns the credits now. */
+  addCredits (sub: string, windowStart: number, windowMs: number, amount: number): Promise<number>
+  getCredits (sub: string, windowStart: number, windowMs: number): Promise<number>
+  /** Sets the window's usage back to 0; returns the usage it had. */
+  resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number>
+
+  // ---- usage ledger (append-only; paged by an opaque cursor in append order)
+  appendLedger (entries: readonly LedgerEntry[]): Promise<void>
+  listLedger (query: LedgerQuery): Promise<LedgerPage>
+
+  // ---- clients created at run time
+  /** Every stored client, tombstones included, and the version of the set. */
+  listClients (): Promise<{ version: number, clients: StoredClient[] }>
+  /** The version of the client set: bumped by every putClient. */
+  clientsVersion (): Promise<number>
+  /**
+   * Writes `client` and bumps the version, atomically. `create`: only when no live client has the id
+   * (a tombstone is replaced). `update`: only when a live client has it. Returns false otherwise.
+   */
+  putClient (client: StoredClient, mode: 'create' | 'update'): Promise<boolean>
 
   // ---- refresh-token families
   createFamily (family: RefreshFamily, tokenHash: string): Promise<void>

@@ -20,6 +20,11 @@
 //   P{rv}:exp            zset   "kind:id" by expiresAt (purge)
 //   P{c:<key>}:<start>   string rate-limit counter of one fixed window
 //   P{idem:<key>}        hash   idempotency record: o (owner), h (body hash), and once kept s (status), ct, b (body)
+//   P{q:<sub>}:<w>:<s>:cr string credits of that window (admin API): the allowance above the limit
+//   P{lg}:seq            string the usage ledger's sequence
+//   P{lg}:log            zset   ledger line JSON ("<seq>|<json>") by sequence
+//   P{cl}                hash   client id → StoredClient JSON (clients created at run time)
+//   P{cl}:ver            string the client set's version (every replica polls it)
 //
 // Times: the Store's times are the caller's clock (epoch ms, possibly injected). Redis TTLs run on
 // Redis's own clock, so a TTL is never set to end before the caller's expiry could: each one is
@@ -27,7 +32,7 @@
 // family, a revocation) is done by purgeExpired through the expiry indexes; TTLs are a backstop.
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis'
 import { StoreUnavailable } from '../errors.js'
-import type { CounterResult, IdempotencyClaim, IdempotentAnswer, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+import type { CounterResult, IdempotencyClaim, IdempotentAnswer, KeyRecord, LedgerEntry, LedgerPage, LedgerQuery, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store, StoredClient } from './index.js'
 
 export interface RedisStoreOptions {
   /** Bound on every store operation and on connecting (ms). */
@@ -98,16 +103,94 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return deleted`
   },
-  // KEYS: quota key. ARGV: cost, limit, windowEnd, grace. Check-and-charge in one step.
+  // KEYS: quota key, its credits key. ARGV: cost, limit, windowEnd, grace. Check-and-charge in one
+  // step, against the limit plus the window's credits.
   tgConsume: {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: LUA_EXPIRE_AT + `
 local cost = tonumber(ARGV[1])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cost > tonumber(ARGV[2]) or used + cost > tonumber(ARGV[2]) then return {0, used} end
+local credits = tonumber(redis.call('GET', KEYS[2]) or '0')
+local allowed = tonumber(ARGV[2]) + credits
+if cost > allowed or used + cost > allowed then return {0, used, credits} end
 used = redis.call('INCRBY', KEYS[1], cost)
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], expire_at(ARGV[3], ARGV[4])) end
-return {1, used}`
+return {1, used, credits}`
+  },
+  // KEYS: credits key. ARGV: amount, windowEnd, grace.
+  tgAddCredits: {
+    numberOfKeys: 1,
+    lua: LUA_EXPIRE_AT + `
+local c = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], expire_at(ARGV[2], ARGV[3])) end
+return c`
+  },
+  // KEYS: quota key. Returns the usage it had; the window's TTL is kept.
+  tgResetQuota: {
+    numberOfKeys: 1,
+    lua: `
+local used = tonumber(redis.call('GET', KEYS[1]) or false)
+if not used then return 0 end
+redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+return used`
+  },
+  // KEYS: seq, log. ARGV: JSON lines.
+  tgAppendLedger: {
+    numberOfKeys: 2,
+    lua: `
+for i = 1, #ARGV do
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2], seq, string.format('%d', seq) .. '|' .. ARGV[i])
+end
+return #ARGV`
+  },
+  // KEYS: log. ARGV: after, sub ('' for all), since, limit. Scans at most 20000 lines per call.
+  // Returns {next|'', line, line, ...}.
+  tgListLedger: {
+    numberOfKeys: 1,
+    lua: `
+local cursor = tonumber(ARGV[1])
+local sub = ARGV[2]
+local since = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local out = {''}
+local scanned = 0
+while true do
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', cursor), '+inf', 'WITHSCORES', 'LIMIT', 0, 1000)
+  if #page == 0 then return out end
+  for i = 1, #page, 2 do
+    cursor = tonumber(page[i + 1])
+    local line = page[i]
+    local json = string.sub(line, string.find(line, '|', 1, true) + 1)
+    local e = cjson.decode(json)
+    if (sub == '' or e.sub == sub) and tonumber(e.ts) >= since then
+      out[#out + 1] = json
+      if #out - 1 >= limit then out[1] = string.format('%.0f', cursor) return out end
+    end
+  end
+  scanned = scanned + #page / 2
+  if scanned >= 20000 then out[1] = string.format('%.0f', cursor) return out end
+  if #page < 2000 then return out end
+end`
+  },
+  // KEYS: hash, version. ARGV: id, json, mode ('create' | 'update'), live ('1' | '0').
+  tgPutClient: {
+    numberOfKeys: 2,
+    lua: `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local live = old and cjson.decode(old).deleted == false
+if ARGV[3] == 'create' and live then return 0 end
+if ARGV[3] == 'update' and not live then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])`
+  },
+  // KEYS: hash, version. Returns {version, json...}.
+  tgListClients: {
+    numberOfKeys: 2,
+    lua: `
+local out = {redis.call('GET', KEYS[2]) or '0'}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
+return out`
   },
   // KEYS: quota key. ARGV: cost. Never below zero; the window's TTL is kept.
   tgRefund: {
@@ -481,8 +564,51 @@ export class RedisStore implements Store {
 
   // ---- quota
   async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number): Promise<QuotaResult> {
-    const [granted, used] = await this.#do(async () => await this.#scripts.tgConsume(this.#quota(sub, windowStart, windowMs), cost, limit, windowStart + windowMs, SKEW_MS)) as [number, number]
-    return { granted: granted === 1, used }
+    const key = this.#quota(sub, windowStart, windowMs)
+    const [granted, used, credits] = await this.#do(async () => await this.#scripts.tgConsume(key, `${key}:cr`, cost, limit, windowStart + windowMs, SKEW_MS)) as [number, number, number]
+    return credits > 0 ? { granted: granted === 1, used, credits } : { granted: granted === 1, used }
+  }
+
+  async addCredits (sub: string, windowStart: number, windowMs: number, amount: number): Promise<number> {
+    return await this.#do(async () => await this.#scripts.tgAddCredits(`${this.#quota(sub, windowStart, windowMs)}:cr`, amount, windowStart + windowMs, SKEW_MS)) as number
+  }
+
+  async getCredits (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    const credits = await this.#do(async () => await this.#redis.get(`${this.#quota(sub, windowStart, windowMs)}:cr`))
+    return credits === null ? 0 : Number(credits)
+  }
+
+  async resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    return await this.#do(async () => await this.#scripts.tgResetQuota(this.#quota(sub, windowStart, windowMs))) as number
+  }
+
+  // ---- usage ledger
+  async appendLedger (entries: readonly LedgerEntry[]): Promise<void> {
+    if (entries.length === 0) return
+    await this.#do(async () => await this.#scripts.tgAppendLedger(`${this.#p}{lg}:seq`, `${this.#p}{lg}:log`, ...entries.map(e => JSON.stringify(e))))
+  }
+
+  async listLedger (query: LedgerQuery): Promise<LedgerPage> {
+    const after = query.after === undefined ? 0 : Number(query.after)
+    const reply = await this.#do(async () => await this.#scripts.tgListLedger(`${this.#p}{lg}:log`,
+      Number.isSafeInteger(after) && after > 0 ? after : 0, query.sub ?? '', query.since ?? 0, query.limit)) as string[]
+    return { entries: reply.slice(1).map(j => JSON.parse(j) as LedgerEntry), next: reply[0] === '' ? undefined : reply[0] }
+  }
+
+  // ---- clients created at run time
+  async listClients (): Promise<{ version: number, clients: StoredClient[] }> {
+    const reply = await this.#do(async () => await this.#scripts.tgListClients(`${this.#p}{cl}`, `${this.#p}{cl}:ver`)) as string[]
+    return { version: Number(reply[0]), clients: reply.slice(1).map(j => JSON.parse(j) as StoredClient).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0) }
+  }
+
+  async clientsVersion (): Promise<number> {
+    const v = await this.#do(async () => await this.#redis.get(`${this.#p}{cl}:ver`))
+    return v === null ? 0 : Number(v)
+  }
+
+  async putClient (client: StoredClient, mode: 'create' | 'update'): Promise<boolean> {
+    const v = await this.#do(async () => await this.#scripts.tgPutClient(`${this.#p}{cl}`, `${this.#p}{cl}:ver`, client.id, JSON.stringify(client), mode)) as number
+    return v > 0
   }
 
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {

@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
-import type { CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store } from './index.js'
+import type { CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, LedgerEntry, LedgerPage, LedgerQuery, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store, StoredClient } from './index.js'
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS keys (
@@ -46,6 +46,23 @@ CREATE TABLE IF NOT EXISTS idempotency (
   status INTEGER, content_type TEXT, body BLOB, expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS credits (
+  sub TEXT NOT NULL, window_ms INTEGER NOT NULL, window_start INTEGER NOT NULL,
+  amount INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  PRIMARY KEY (sub, window_ms, window_start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS credits_expiry ON credits (expires_at);
+CREATE TABLE IF NOT EXISTS ledger (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, sub TEXT NOT NULL, client_id TEXT,
+  tool TEXT, kind TEXT NOT NULL, amount INTEGER NOT NULL, request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS ledger_sub ON ledger (sub, seq);
+CREATE TABLE IF NOT EXISTS clients (
+  id TEXT PRIMARY KEY, data TEXT NOT NULL, live INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+  name TEXT PRIMARY KEY, value INTEGER NOT NULL
+) WITHOUT ROWID;
 `
 
 const COUNTER_FLUSH_MS = 1000
@@ -105,8 +122,22 @@ export class SqliteStore implements Store {
       deleteKey: db.prepare('DELETE FROM keys WHERE kid = ?'),
       pendingKids: db.prepare('SELECT kid FROM keys WHERE activates_at > ?').pluck(),
       consume: db.prepare(`INSERT INTO quota (sub, window_ms, window_start, used, expires_at) VALUES (?, ?, ?, ?, ?)
-        ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = used + excluded.used WHERE used + excluded.used <= ?
+        ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = used + excluded.used
+          WHERE used + excluded.used <= ? + coalesce((SELECT amount FROM credits c WHERE c.sub = excluded.sub AND c.window_ms = excluded.window_ms AND c.window_start = excluded.window_start), 0)
         RETURNING used`).pluck(),
+      getCredits: db.prepare('SELECT amount FROM credits WHERE sub = ? AND window_ms = ? AND window_start = ?').pluck(),
+      addCredits: db.prepare(`INSERT INTO credits (sub, window_ms, window_start, amount, expires_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET amount = amount + excluded.amount RETURNING amount`).pluck(),
+      resetQuota: db.prepare('UPDATE quota SET used = 0 WHERE sub = ? AND window_ms = ? AND window_start = ?'),
+      purgeCredits: db.prepare('DELETE FROM credits WHERE (sub, window_ms, window_start) IN (SELECT sub, window_ms, window_start FROM credits WHERE expires_at <= ? LIMIT ?)'),
+      appendLedger: db.prepare('INSERT INTO ledger (ts, sub, client_id, tool, kind, amount, request_id) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      listLedger: db.prepare(`SELECT seq, ts, sub, client_id, tool, kind, amount, request_id FROM ledger
+        WHERE seq > @after AND (@sub IS NULL OR sub = @sub) AND ts >= @since ORDER BY seq LIMIT @limit`),
+      listClients: db.prepare('SELECT data FROM clients ORDER BY id').pluck(),
+      clientLive: db.prepare('SELECT live FROM clients WHERE id = ?').pluck(),
+      putClient: db.prepare('INSERT INTO clients (id, data, live) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, live = excluded.live'),
+      getVersion: db.prepare("SELECT coalesce((SELECT value FROM meta WHERE name = 'clients'), 0)").pluck(),
+      bumpVersion: db.prepare("INSERT INTO meta (name, value) VALUES ('clients', 1) ON CONFLICT (name) DO UPDATE SET value = value + 1"),
       refund: db.prepare('UPDATE quota SET used = max(0, used - ?) WHERE sub = ? AND window_ms = ? AND window_start = ?'),
       settle: db.prepare(`INSERT INTO quota (sub, window_ms, window_start, used, expires_at) VALUES (?, ?, ?, max(0, ?), ?)
         ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET used = max(0, used + ?)
@@ -149,11 +180,17 @@ export class SqliteStore implements Store {
       ping: db.prepare('SELECT 1').pluck()
     }
     this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
-      const used = c.cost > c.limit
+      // A first insert is not checked by the upsert's WHERE: a cost above the limit is checked
+      // here, against the limit plus the window's credits.
+      const used = c.cost > c.limit && c.cost > c.limit + this.#credits(c.sub, c.windowStart, c.windowMs)
         ? undefined
         : this.#stmt.consume.get(c.sub, c.windowMs, c.windowStart, c.cost, c.windowStart + c.windowMs, c.limit) as number | undefined
-      if (used !== undefined) return { granted: true, used }
-      return { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
+      const credits = this.#credits(c.sub, c.windowStart, c.windowMs)
+      const result: QuotaResult = used !== undefined
+        ? { granted: true, used }
+        : { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
+      if (credits > 0) result.credits = credits
+      return result
     }))
   }
 
@@ -237,6 +274,69 @@ export class SqliteStore implements Store {
 
   async getQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
     return (this.#stmt.getQuota.get(sub, windowMs, windowStart) as number | undefined) ?? 0
+  }
+
+  #credits (sub: string, windowStart: number, windowMs: number): number {
+    return (this.#stmt.getCredits.get(sub, windowMs, windowStart) as number | undefined) ?? 0
+  }
+
+  async addCredits (sub: string, windowStart: number, windowMs: number, amount: number): Promise<number> {
+    return this.#stmt.addCredits.get(sub, windowMs, windowStart, amount, windowStart + windowMs) as number
+  }
+
+  async getCredits (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    return this.#credits(sub, windowStart, windowMs)
+  }
+
+  async resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    return this.#db.transaction(() => {
+      const used = (this.#stmt.getQuota.get(sub, windowMs, windowStart) as number | undefined) ?? 0
+      this.#stmt.resetQuota.run(sub, windowMs, windowStart)
+      return used
+    }).immediate()
+  }
+
+  async appendLedger (entries: readonly LedgerEntry[]): Promise<void> {
+    if (entries.length === 0) return
+    this.#db.transaction(() => {
+      for (const e of entries) this.#stmt.appendLedger.run(e.ts, e.sub, e.clientId, e.tool, e.kind, e.amount, e.requestId)
+    }).immediate()
+  }
+
+  async listLedger (query: LedgerQuery): Promise<LedgerPage> {
+    const after = query.after === undefined ? 0 : Number(query.after)
+    const rows = this.#stmt.listLedger.all({
+      after: Number.isSafeInteger(after) ? after : 0,
+      sub: query.sub ?? null,
+      since: query.since ?? 0,
+      limit: query.limit
+    }) as Array<{ seq: number, ts: number, sub: string, client_id: string | null, tool: string | null, kind: LedgerEntry['kind'], amount: number, request_id: string | null }>
+    const last = rows.at(-1)
+    return {
+      entries: rows.map(r => ({ ts: r.ts, sub: r.sub, clientId: r.client_id, tool: r.tool, kind: r.kind, amount: r.amount, requestId: r.request_id })),
+      next: rows.length === query.limit && last !== undefined ? String(last.seq) : undefined
+    }
+  }
+
+  async listClients (): Promise<{ version: number, clients: StoredClient[] }> {
+    return this.#db.transaction(() => ({
+      version: this.#stmt.getVersion.get() as number,
+      clients: (this.#stmt.listClients.all() as string[]).map(d => JSON.parse(d) as StoredClient)
+    }))()
+  }
+
+  async clientsVersion (): Promise<number> {
+    return this.#stmt.getVersion.get() as number
+  }
+
+  async putClient (client: StoredClient, mode: 'create' | 'update'): Promise<boolean> {
+    return this.#db.transaction(() => {
+      const live = this.#stmt.clientLive.get(client.id) as number | undefined
+      if (mode === 'create' ? live === 1 : live !== 1) return false
+      this.#stmt.putClient.run(client.id, JSON.stringify(client), client.deleted ? 0 : 1)
+      this.#stmt.bumpVersion.run()
+      return true
+    }).immediate()
   }
 
   async createFamily (family: RefreshFamily, tokenHash: string): Promise<void> {
@@ -362,6 +462,7 @@ export class SqliteStore implements Store {
     this.#flushCounters(now) // write pending increments and forget ended windows before purging rows
     return this.#db.transaction(() => {
       let n = this.#stmt.purgeQuota.run(now, limit).changes
+      n += this.#stmt.purgeCredits.run(now, limit).changes
       for (const id of this.#stmt.expiredFamilies.all(now, limit) as string[]) {
         this.#stmt.deleteFamilyTokens.run(id)
         n += this.#stmt.deleteFamily.run(id).changes

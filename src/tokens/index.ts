@@ -130,6 +130,11 @@ export class Tokens {
   readonly #cacheSize: number
   readonly revocations: RevocationList
   /**
+   * Client id → epoch seconds: that client's tokens issued before it are refused (Infinity: all of
+   * them, while the client is disabled or deleted). Kept by the client registry's sync.
+   */
+  clientDenials: ReadonlyMap<string, number> = new Map()
+  /**
    * The library's signer and verifier of each key, made once per key (keyed by its KeyObject, which
    * the key manager loads once per kid and drops when the key is removed).
    */
@@ -218,7 +223,7 @@ export class Tokens {
     if (hit === undefined || this.revocations.stale()) return undefined
     const claims = hit.principal.claims
     if (this.#opts.keys.verificationKey(hit.kid) === undefined) return undefined
-    if (expired(claims.exp, this.#clock() / 1000, this.#opts.leeway) || this.revocations.denies(claims)) return undefined
+    if (expired(claims.exp, this.#clock() / 1000, this.#opts.leeway) || this.revocations.denies(claims) || this.#clientDenied(claims)) return undefined
     return hit.principal
   }
 
@@ -226,6 +231,15 @@ export class Tokens {
   #checkLive (claims: AccessClaims, nowMs: number): void {
     if (expired(claims.exp, nowMs / 1000, this.#opts.leeway)) throw new InvalidToken('token expired', 'token_expired')
     if (this.revocations.denies(claims)) throw new InvalidToken('token revoked', 'token_revoked')
+    if (this.#clientDenied(claims)) throw new InvalidToken('the token\'s client is disabled, deleted or was disabled after the token was issued', 'token_revoked')
+  }
+
+  /** Admin API: the token's client is disabled or deleted, or was after the token was issued. */
+  #clientDenied (claims: AccessClaims): boolean {
+    const denials = this.clientDenials
+    if (denials.size === 0) return false
+    const notBefore = denials.get(claims.client_id)
+    return notBefore !== undefined && claims.iat < notBefore
   }
 
   #verifierOf (key: VerificationKey): JwtVerifier {
