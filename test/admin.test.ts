@@ -2,7 +2,6 @@
 // the guard (401 / 403), credits added at one replica usable at the other, resets, the ledger
 // adding up to the usage, run-time clients created, disabled, deleted and given new secrets with
 // the effect reaching the other replica within 1 s, and config clients read-only (409).
-import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -12,6 +11,7 @@ import { loadConfig } from '../src/config.js'
 import { FORM, ManualClock, SECRET, basic, client, form, tempDir } from './helper.js'
 import { captureLog } from './support/logs.js'
 import { CLI, ROOT, ensureBuilt } from './support/process.js'
+import { run, type Run } from './support/command.js'
 import { startApp, startUpstream } from './call-helper.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
@@ -239,17 +239,8 @@ t.test('config clients are listed but read-only: 409 client_from_config', { skip
   t.equal((await admin(a, root, 'POST', '/admin/clients', { id: 'bad id' })).status, 400, 'a malformed id is refused')
 })
 
-async function cli (args: string[], env: Record<string, string>): Promise<{ status: number | null, stdout: string, stderr: string }> {
-  return await new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    child.once('error', reject)
-    child.once('close', status => { resolve({ status, stdout, stderr }) })
-  })
-}
+
+const cli = async (args: string[], env: Record<string, string>): Promise<Run> => await run(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', ...env } })
 
 t.test('tollgate usage export writes the ledger as CSV and JSONL from the configured store (the real CLI)', async t => {
   ensureBuilt()

@@ -8,27 +8,12 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET_HASH, FORM, basic, build, form, tempDir, testConfig } from './helper.js'
 import { ROOT, ensureBuilt } from './support/process.js'
-import { tollgateInProcess } from './support/command.js'
+import { run, tollgateInProcess } from './support/command.js'
 import { freePort } from './support/redis.js'
 
 const CLI = join(ROOT, 'dist', 'cli.js')
 ensureBuilt()
 
-interface Run { status: number | null, stdout: string, stderr: string }
-
-async function run (file: string, args: string[], options: { env?: NodeJS.ProcessEnv, input?: string, cwd?: string } = {}): Promise<Run> {
-  const child = spawn(file, args, { cwd: options.cwd ?? ROOT, env: options.env ?? { PATH: process.env.PATH }, stdio: ['pipe', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
-  child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
-  child.stdin.end(options.input ?? '')
-  const status = await new Promise<number | null>((resolve, reject) => {
-    child.once('error', reject)
-    child.once('close', code => { resolve(code) })
-  })
-  return { status, stdout, stderr }
-}
 
 t.test('hash-secret as docs/configuration.md pipes it: the hash authenticates the client, a wrong secret does not', async t => {
   const secret = 'a-client-secret-from-the-cli-0123'

@@ -2,7 +2,6 @@
 // `keys retire <kid> --now` unpublishes a key and refuses its tokens at every replica within the
 // key reload interval, and both write an audit line. On the key manager alone, then through the
 // real CLI against a running app on SQLite, and against two apps sharing one Redis.
-import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -13,7 +12,7 @@ import { SqliteStore } from '../src/store/sqlite.js'
 import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, tempDir, testConfig, type TestContext } from './helper.js'
 import { jsonLines } from './support/logs.js'
 import { ROOT, ensureBuilt } from './support/process.js'
-import { tollgateInProcess } from './support/command.js'
+import { run, tollgateInProcess, type Run } from './support/command.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
@@ -28,18 +27,10 @@ async function keyManager (t: TestContext, clock: ManualClock): Promise<KeyManag
   return keys
 }
 
-/** Runs the real `tollgate` command (dist/cli.js, built when stale), without blocking the event loop. */
-async function cli (args: string[]): Promise<{ status: number | null, stdout: string, stderr: string }> {
+/** Runs the real `tollgate` command (dist/cli.js, built when stale). */
+async function cli (args: string[]): Promise<Run> {
   ensureBuilt()
-  return await new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'dist', 'cli.js'), ...args], { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    child.once('error', reject)
-    child.once('close', status => { resolve({ status, stdout, stderr }) })
-  })
+  return await run(process.execPath, [join(ROOT, 'dist', 'cli.js'), ...args], { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
 }
 
 function auditLines (stderr: string): Array<Record<string, any>> {

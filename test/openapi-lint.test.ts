@@ -1,29 +1,18 @@
 // The committed openapi/openapi.json passes both linters a generated-client user is likely to run:
 // Redocly's `recommended` rules (redocly.yaml) and Spectral's `oas` ruleset (.spectral.yaml), with no
 // error and no warning. Each runs as the real command from node_modules/.bin, offline.
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { ROOT } from './support/cluster.js'
+import { ROOT } from './support/process.js'
+import { run, type Run } from './support/command.js'
 
 const SPEC = 'openapi/openapi.json'
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options']
 
-async function run (bin: string, args: string[]): Promise<{ status: number | null, stdout: string, stderr: string }> {
-  return await new Promise((resolve, reject) => {
-    const child = spawn(join(ROOT, 'node_modules', '.bin', bin), args, {
-      cwd: ROOT,
-      env: { ...process.env, REDOCLY_TELEMETRY: 'off', REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true', NO_COLOR: '1' }
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    child.once('error', reject)
-    child.once('close', status => { resolve({ status, stdout, stderr }) })
-  })
+async function lint (bin: string, args: string[]): Promise<Run> {
+  return await run(join(ROOT, 'node_modules', '.bin', bin), args, { env: { ...process.env, REDOCLY_TELEMETRY: 'off', REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true', NO_COLOR: '1' } })
 }
 
 /** The JSON document in a command's output (after any banner a tool prints first). */
@@ -34,7 +23,7 @@ function json (text: string, open: '{' | '['): any {
 }
 
 t.test('Redocly recommended: no errors, no warnings', async t => {
-  const res = await run('redocly', ['lint', SPEC, '--config', 'redocly.yaml', '--format', 'json'])
+  const res = await lint('redocly', ['lint', SPEC, '--config', 'redocly.yaml', '--format', 'json'])
   const report = json(res.stdout, '{')
   const problems = (report.problems as any[]).map(p => `${p.severity} ${p.ruleId} ${p.location?.[0]?.pointer ?? ''}: ${p.message}`)
   t.same(problems, [], 'no problems')
@@ -47,7 +36,7 @@ t.test('Spectral oas: no errors, no warnings, no hints', async t => {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-spectral-'))
   t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
   const output = join(dir, 'report.json')
-  const res = await run('spectral', ['lint', SPEC, '--ruleset', '.spectral.yaml', '--format', 'json', '--output', output, '--fail-severity', 'hint'])
+  const res = await lint('spectral', ['lint', SPEC, '--ruleset', '.spectral.yaml', '--format', 'json', '--output', output, '--fail-severity', 'hint'])
   const results = JSON.parse(readFileSync(output, 'utf8')) as any[]
   t.same(results.map(r => `${r.code} ${r.path.join('.')}: ${r.message}`), [], 'no problems')
   t.equal(res.status, 0, res.status === 0 ? 'exits 0' : `${res.stdout}${res.stderr}`)

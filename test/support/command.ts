@@ -1,7 +1,29 @@
 // The `tollgate` command run in the test's own process (the code `tollgate keys ...` runs, minus the
 // process start, which costs seconds per call on a loaded machine), its output captured.
+import { spawn } from 'node:child_process'
 import { main } from '../../src/commands.js'
 import { SECRET } from '../helper.js'
+import { ROOT } from './process.js'
+
+export interface Run { status: number | null, stdout: string, stderr: string }
+
+/**
+ * Runs a program to its end without blocking the event loop (tests keep serving while it runs),
+ * its output captured: by default in the project's root, with only PATH in its environment.
+ */
+export async function run (file: string, args: string[], options: { env?: NodeJS.ProcessEnv, input?: string, cwd?: string } = {}): Promise<Run> {
+  const child = spawn(file, args, { cwd: options.cwd ?? ROOT, env: options.env ?? { PATH: process.env.PATH }, stdio: ['pipe', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+  child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+  child.stdin.end(options.input ?? '')
+  const status = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject)
+    child.once('close', code => { resolve(code) })
+  })
+  return { status, stdout, stderr }
+}
 
 export async function tollgateInProcess (args: string[]): Promise<{ status: number, stdout: string, stderr: string }> {
   process.env.TOLLGATE_SECRET = SECRET
