@@ -5,7 +5,7 @@
 // its "tollgate ready" log line, and is stopped (SIGTERM, SIGKILL after 5 s) in teardown.
 // Its stdout and stderr are kept as lines; support/logs.ts parses them.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs'
+import { chmodSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { TestContext } from '../helper.js'
@@ -51,6 +51,8 @@ export function ensureBuilt (): void {
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
     const result = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, encoding: 'utf8' })
     if (result.status !== 0) throw new Error(`build failed:\n${result.stdout}${result.stderr}`)
+    // The package's bin, as `npm run build` leaves it (npx runs it directly).
+    chmodSync(CLI, 0o755)
   } finally {
     rmdirSync(lock)
   }

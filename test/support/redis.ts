@@ -11,16 +11,23 @@ import { Redis } from 'ioredis'
 import { tempDir, type TestContext } from '../helper.js'
 import { skipOrFail, type Skippable } from './skip.js'
 
+/**
+ * A port for a server that another process will open (a gateway, a redis-server), chosen below
+ * Linux's ephemeral range (32768–60999): between this check and that process's listen, no
+ * outgoing connection and no `listen(0)` server of a parallel test can take it, as happened with
+ * ports from the ephemeral range (a restarted gateway found its port held by another test).
+ */
 export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => { resolve(port) })
+  for (let attempt = 0; ; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    const free = await new Promise<boolean>(resolve => {
+      const server = createServer()
+      server.once('error', () => { resolve(false) })
+      server.listen(port, '127.0.0.1', () => { server.close(() => { resolve(true) }) })
     })
-  })
+    if (free) return port
+    if (attempt > 100) throw new Error('no free port between 20000 and 32000')
+  }
 }
 
 /** Sends PING over a raw socket; true when a Redis answers +PONG (or asks for auth). */
