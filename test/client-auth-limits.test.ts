@@ -116,7 +116,8 @@ t.test('50 parallel bad logins: scrypt runs two at a time, the excess gets 503 a
 })
 
 t.test('per-IP limits on /token count an IPv6 client by its /64, and IPv4-mapped IPv6 as IPv4', async t => {
-  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 2, window: '1m' } } }))
+  // On a fixed clock: a minute boundary between two requests would reset the window mid-test.
+  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 2, window: '1m' } } }), { clock: new ManualClock().fn })
   const post = async (ip: string): Promise<number> => (await token(app, 'agent', CLIENT_SECRET, ip)).statusCode
   t.equal(await post('2001:db8:1:2::1'), 200)
   t.equal(await post('2001:db8:1:2::2'), 200)
@@ -128,7 +129,8 @@ t.test('per-IP limits on /token count an IPv6 client by its /64, and IPv4-mapped
 })
 
 t.test('rateLimits.ipv6Prefix sets the network length', async t => {
-  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 1, window: '1m' }, ipv6Prefix: 48 } }))
+  // On a fixed clock: a minute boundary between two requests would reset the window mid-test.
+  const app = await build(t, testConfig(t, { rateLimits: { token: { max: 1, window: '1m' }, ipv6Prefix: 48 } }), { clock: new ManualClock().fn })
   const post = async (ip: string): Promise<number> => (await token(app, 'agent', CLIENT_SECRET, ip)).statusCode
   t.equal(await post('2001:db8:1:2::1'), 200)
   t.equal(await post('2001:db8:1:ffff::1'), 429, 'same /48')
@@ -148,7 +150,8 @@ t.test('server.trustProxy: a hop count is a config error naming the key; address
 })
 
 t.test('GET /validate counts a client on a dual-stack socket (::ffff:a.b.c.d) under its IPv4 address', async t => {
-  const app = await build(t, testConfig(t, { rateLimits: { perIp: { max: 2, window: '1m' } } }))
+  // On a fixed clock: a minute boundary between two requests would reset the window mid-test.
+  const app = await build(t, testConfig(t, { rateLimits: { perIp: { max: 2, window: '1m' } } }), { clock: new ManualClock().fn })
   await app.listen({ port: 0, host: '::' })
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/validate`
   const authorization = `Bearer ${(await issue(app)).access_token as string}`
