@@ -62,9 +62,7 @@ export class Quotas {
   }
 
   async usage (sub: string, quota: QuotaClaim): Promise<QuotaUsage> {
-    const w = this.#window(quota)
-    const [used, credits] = await Promise.all([this.store.getQuota(sub, w.windowStart, w.windowMs), this.store.getCredits(sub, w.windowStart, w.windowMs)])
-    return this.#usage(quota, used, w.reset, credits)
+    return await this.balance(sub, quota)
   }
 
   /** Usage with the window's credits (the admin API's view). */

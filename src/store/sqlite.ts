@@ -182,10 +182,11 @@ export class SqliteStore implements Store {
     this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
       // A first insert is not checked by the upsert's WHERE: a cost above the limit is checked
       // here, against the limit plus the window's credits.
-      const used = c.cost > c.limit && c.cost > c.limit + this.#credits(c.sub, c.windowStart, c.windowMs)
+      // Read once: nothing else writes inside this transaction.
+      const credits = this.#credits(c.sub, c.windowStart, c.windowMs)
+      const used = c.cost > c.limit + credits
         ? undefined
         : this.#stmt.consume.get(c.sub, c.windowMs, c.windowStart, c.cost, c.windowStart + c.windowMs, c.limit) as number | undefined
-      const credits = this.#credits(c.sub, c.windowStart, c.windowMs)
       const result: QuotaResult = used !== undefined
         ? { granted: true, used }
         : { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
