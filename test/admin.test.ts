@@ -105,7 +105,10 @@ t.test('credits added at one replica are usable at the other; reset; the ledger 
   t.equal(credited.status, 200)
   t.same(credited.body, { sub: 'metered', limit: 2, used: 2, remaining: 3, window: 3600, reset: credited.body.reset, credits: 3 })
   t.equal(await call(b, metered), 200, 'the credit is usable at replica B at once')
-  t.equal(await call(b, metered, 'broken'), 502, 'a failed call is charged, then refunded')
+  const broken = await b.inject({ method: 'POST', url: '/call', headers: { authorization: `Bearer ${metered}`, 'content-type': 'application/json' }, payload: JSON.stringify({ tool: 'broken', arguments: {} }) })
+  t.equal(broken.statusCode, 502, 'a failed call is charged, then refunded')
+  // 3 used of 2 + 3 credits before it: the refund leaves 2, credits counted.
+  t.match(broken.headers.ratelimit, /^"quota";r=2;t=\d+$/, 'the refund\'s RateLimit field counts the credits')
   t.equal(await call(b, metered), 200)
   t.equal(await call(b, metered), 200)
   t.equal(await call(b, metered), 429, 'limit + credits spent')

@@ -187,13 +187,14 @@ function contract (t: Test, open: Open): void {
 
   t.test('quota: credits raise the window\'s allowance, atomically under concurrency; reset clears usage, keeps credits', async t => {
     const store = await open(t)
-    t.equal(await store.getCredits('gina', 0, MIN), 0)
+    t.same(await store.getBalance('gina', 0, MIN), { used: 0, credits: 0 })
     t.same(await store.consumeQuota('gina', 0, MIN, 5, 5), { granted: true, used: 5 })
     t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: false, used: 5 }, 'spent')
     t.equal(await store.addCredits('gina', 0, MIN, 10), 10)
     t.equal(await store.addCredits('gina', 0, MIN, 5), 15, 'credits add up')
-    t.equal(await store.getCredits('gina', 0, MIN), 15)
-    t.equal(await store.getCredits('gina', MIN, MIN), 0, 'only that window')
+    t.same(await store.getBalance('gina', 0, MIN), { used: 5, credits: 15 }, 'usage and credits read together')
+    if (store.getBalanceSync !== undefined) t.same(store.getBalanceSync('gina', 0, MIN), { used: 5, credits: 15 }, 'the synchronous read agrees')
+    t.same(await store.getBalance('gina', MIN, MIN), { used: 0, credits: 0 }, 'only that window')
     // 50 concurrent charges against limit 5 + 15 credits with 5 used: exactly 15 more.
     const results = await Promise.all(Array.from({ length: 50 }, () => store.consumeQuota('gina', 0, MIN, 5, 1)))
     t.equal(results.filter(r => r.granted).length, 15)
@@ -205,7 +206,7 @@ function contract (t: Test, open: Open): void {
     t.same(await store.consumeQuota('hank', 0, MIN, 3, 7), { granted: true, used: 7, credits: 4 })
     t.equal(await store.resetQuota('gina', 0, MIN), 20, 'reset answers the usage it cleared')
     t.equal(await store.getQuota('gina', 0, MIN), 0)
-    t.equal(await store.getCredits('gina', 0, MIN), 15, 'credits survive a reset')
+    t.equal((await store.getBalance('gina', 0, MIN)).credits, 15, 'credits survive a reset')
     t.equal(await store.resetQuota('nobody', 0, MIN), 0)
     t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: true, used: 1, credits: 15 })
   })

@@ -30,7 +30,8 @@ export async function settle (quotas: Quotas, ctx: RequestContext, failed: boole
   }
   const usage = charge.usage
   const used = Math.max(0, usage.used - charge.receipt.cost)
-  ctx.usage = { ...usage, used, remaining: Math.max(0, usage.limit - used) }
+  // What was left grows by what came back (credits, when any, stay in it).
+  ctx.usage = { ...usage, used, remaining: usage.remaining + (usage.used - used) }
   return quotaHeaders(ctx.usage)
 }
 

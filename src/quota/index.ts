@@ -3,7 +3,7 @@
 // store operation; a refund gives back what a failed call took. Credits (admin API) raise one
 // window's allowance above the limit. Every charge, refund, credit and reset is recorded in the
 // usage ledger here, the one place they all pass. Knows nothing about HTTP.
-import type { LedgerEntry, Store } from '../store/index.js'
+import type { Balance, LedgerEntry, Store } from '../store/index.js'
 import type { QuotaClaim } from '../tokens/index.js'
 import { Ledger } from './ledger.js'
 
@@ -68,8 +68,21 @@ export class Quotas {
   /** Usage with the window's credits (the admin API's view). */
   async balance (sub: string, quota: QuotaClaim): Promise<QuotaUsage & { credits: number }> {
     const w = this.#window(quota)
-    const [used, credits] = await Promise.all([this.store.getQuota(sub, w.windowStart, w.windowMs), this.store.getCredits(sub, w.windowStart, w.windowMs)])
-    return { ...this.#usage(quota, used, w.reset, credits), credits }
+    return this.#balance(quota, w.reset, await this.store.getBalance(sub, w.windowStart, w.windowMs))
+  }
+
+  /**
+   * `balance` without a promise, when the store keeps quotas in this process (SQLite); undefined
+   * otherwise, and the caller awaits `balance`. A store error is thrown as it is.
+   */
+  balanceSync (sub: string, quota: QuotaClaim): (QuotaUsage & { credits: number }) | undefined {
+    if (this.store.getBalanceSync === undefined) return undefined
+    const w = this.#window(quota)
+    return this.#balance(quota, w.reset, this.store.getBalanceSync(sub, w.windowStart, w.windowMs))
+  }
+
+  #balance (quota: QuotaClaim, reset: number, b: Balance): QuotaUsage & { credits: number } {
+    return { limit: quota.limit, used: b.used, remaining: Math.max(0, quota.limit + b.credits - b.used), window: quota.window, reset, credits: b.credits }
   }
 
   async consume (sub: string, quota: QuotaClaim, cost: number, meta?: ChargeMeta): Promise<Charge> {

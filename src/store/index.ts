@@ -19,6 +19,12 @@ export interface KeyRecord {
   activatesAt: number
 }
 
+/** A window's usage and its credits (the allowance above the limit, admin API). */
+export interface Balance {
+  used: number
+  credits: number
+}
+
 export interface QuotaResult {
   granted: boolean
   /** Usage in the window after the operation (unchanged when refused). */
@@ -175,7 +181,13 @@ export interface Store {
   settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number>
   /** Adds `amount` to the window's credits (its allowance above the limit); returns the credits now. */
   addCredits (sub: string, windowStart: number, windowMs: number, amount: number): Promise<number>
-  getCredits (sub: string, windowStart: number, windowMs: number): Promise<number>
+  /** The window's usage and credits, read together (one statement, or one round trip). */
+  getBalance (sub: string, windowStart: number, windowMs: number): Promise<Balance>
+  /**
+   * Optional, for stores that keep quotas in this process: getBalance without a promise. GET
+   * /validate reports the balance on every answer (CONTRACT §10), so this read is on its hot path.
+   */
+  getBalanceSync?: (sub: string, windowStart: number, windowMs: number) => Balance
   /** Sets the window's usage back to 0; returns the usage it had. */
   resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number>
 

@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
-import type { CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, LedgerEntry, LedgerPage, LedgerQuery, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store, StoredClient } from './index.js'
+import type { Balance, CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, LedgerEntry, LedgerPage, LedgerQuery, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store, StoredClient } from './index.js'
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS keys (
@@ -126,6 +126,9 @@ export class SqliteStore implements Store {
           WHERE used + excluded.used <= ? + coalesce((SELECT amount FROM credits c WHERE c.sub = excluded.sub AND c.window_ms = excluded.window_ms AND c.window_start = excluded.window_start), 0)
         RETURNING used`).pluck(),
       getCredits: db.prepare('SELECT amount FROM credits WHERE sub = ? AND window_ms = ? AND window_start = ?').pluck(),
+      // Both rows in one statement, as an array (no row object): the balance GET /validate reports.
+      getBalance: db.prepare(`SELECT coalesce((SELECT used FROM quota WHERE sub = ? AND window_ms = ? AND window_start = ?), 0),
+        coalesce((SELECT amount FROM credits WHERE sub = ? AND window_ms = ? AND window_start = ?), 0)`).raw(),
       addCredits: db.prepare(`INSERT INTO credits (sub, window_ms, window_start, amount, expires_at) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET amount = amount + excluded.amount RETURNING amount`).pluck(),
       resetQuota: db.prepare('UPDATE quota SET used = 0 WHERE sub = ? AND window_ms = ? AND window_start = ?'),
@@ -285,8 +288,13 @@ export class SqliteStore implements Store {
     return this.#stmt.addCredits.get(sub, windowMs, windowStart, amount, windowStart + windowMs) as number
   }
 
-  async getCredits (sub: string, windowStart: number, windowMs: number): Promise<number> {
-    return this.#credits(sub, windowStart, windowMs)
+  async getBalance (sub: string, windowStart: number, windowMs: number): Promise<Balance> {
+    return this.getBalanceSync(sub, windowStart, windowMs)
+  }
+
+  getBalanceSync (sub: string, windowStart: number, windowMs: number): Balance {
+    const [used, credits] = this.#stmt.getBalance.get(sub, windowMs, windowStart, sub, windowMs, windowStart) as [number, number]
+    return { used, credits }
   }
 
   async resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
