@@ -266,10 +266,25 @@ function scenarios (ctx) {
   list.push(calls[0])
   list.push({ name: 'stock_proxy', pid: () => ctx.stockProxy.child.pid, opts: () => ({ url: `${ctx.stockProxy.url}/call`, method: 'POST', headers: { 'content-type': 'application/json' }, body: CALL_BODY }) })
   list.push(...calls.slice(1))
+  // Metering beside call (no budget; issue: "reported beside it"): the same call priced by a
+  // costExpr (tool echo_priced), and with a fresh Idempotency-Key on every request (each claims its
+  // key and keeps its answer in the store; none is a replay).
+  list.push({ name: 'call_priced', pid: () => primary.tollgate.child.pid, opts: () => ({ ...call(primary.tollgate.url, primary.token), body: PRICED_BODY }) })
+  let idempotencyKeys = 0
+  const run = `${process.pid}-${Date.now()}`
+  list.push({
+    name: 'call_idempotent',
+    pid: () => primary.tollgate.child.pid,
+    opts: () => {
+      const base = call(primary.tollgate.url, primary.token)
+      return { url: base.url, requests: [{ method: 'POST', path: '/call', body: CALL_BODY, setupRequest: req => ({ ...req, headers: { ...base.headers, 'idempotency-key': `bench-${run}-${++idempotencyKeys}` } }) }] }
+    }
+  })
   return list.map(s => ({ base: s.name, ...s }))
 }
 
 const CALL_BODY = JSON.stringify({ tool: 'echo', arguments: { text: 'hello' } })
+const PRICED_BODY = JSON.stringify({ tool: 'echo_priced', arguments: { text: 'hello' } })
 
 /**
  * A trusted identity provider served from this process: its JWKS on /jwks, and ES256 tokens for
@@ -406,7 +421,9 @@ const RATIOS = [
   ['stock_proxy/direct', 'stock_proxy', 'direct', undefined, false],
   ['call/direct', 'call', 'direct', 0.30, false],
   ['call/stock_proxy', 'call', 'stock_proxy', 1.00, true],
-  ['call/haproxy_jwt', 'call', 'haproxy_jwt', 1.00, true]
+  ['call/haproxy_jwt', 'call', 'haproxy_jwt', 1.00, true],
+  ['call_priced/call', 'call_priced', 'call', undefined, true],
+  ['call_idempotent/call', 'call_idempotent', 'call', undefined, true]
 ]
 // The decision rule for a fast path: kept only where, at defaults, lanes on earn at least this over
 // lanes off in req/s and in server CPU per request.

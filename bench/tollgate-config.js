@@ -37,6 +37,12 @@ ${issuerUrl !== undefined
     url: ${upstreamUrl}/echo
     audience: tool:echo
     scopes: [tools:call]
+  # call_priced: the same tool priced by a costExpr over the call's arguments (CONTRACT §10).
+  - name: echo_priced
+    url: ${upstreamUrl}/echo
+    audience: tool:echo
+    scopes: [tools:call]
+    costExpr: 'has(args.text) ? 1 + size(args.text) / 100 : 1'
 `
 }
 
