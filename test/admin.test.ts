@@ -39,13 +39,22 @@ async function admin (app: FastifyInstance, bearer: string, method: 'GET' | 'POS
 }
 
 /** Polls `check` until it is true, for at most `ms` of real time (no fixed sleep); the elapsed ms, or undefined. */
-async function within (ms: number, check: () => Promise<boolean>): Promise<number | undefined> {
+/**
+ * "Effective at every replica within 1 s" (CONTRACT §11) rests on one mechanism: each replica polls
+ * the store every clientSyncMs (250 ms by default) and applies what changed. So the check is not a
+ * stopwatch (a loaded machine stretches any wall-clock bound): `replica` must show the change once
+ * two of its polls have completed after the change was made (the first may have begun before it),
+ * and its poll interval must be at most 1 s. The elapsed time goes into the message for the reader.
+ */
+async function afterNextSync (t: Test, replica: FastifyInstance, check: () => Promise<boolean>, what: string): Promise<void> {
+  t.ok(replica.clientSync.intervalMs <= 1000, 'the replica polls the client set at least once a second')
   const start = performance.now()
-  for (;;) {
-    if (await check()) return performance.now() - start
-    if (performance.now() - start > ms) return undefined
+  const from = replica.clientSync.polls
+  while (replica.clientSync.polls < from + 2) {
+    if (performance.now() - start > 60_000) break // a stuck poll fails the check below, not the run
     await new Promise(resolve => setTimeout(resolve, 20))
   }
+  t.ok(replica.clientSync.polls >= from + 2 && await check(), `${what} after the replica's next poll (${Math.round(performance.now() - start)} ms here)`)
 }
 
 const redisUrl = await testRedisUrl(t)
@@ -126,19 +135,17 @@ t.test('credits added at one replica are usable at the other; reset; the ledger 
   // The ledger: every charge, refund, credit and reset, from both replicas.
   const want = (await admin(a, root, 'GET', '/admin/usage/metered')).body
   t.equal(want.used, 1)
-  let lines: any[] = []
-  const settled = await within(2000, async () => {
-    lines = []
-    let after: string | null = null
-    do {
-      const page: { status: number, body: any } = await admin(a, root, 'GET', `/admin/ledger?sub=metered&limit=2${after !== null ? `&after=${after}` : ''}`)
-      if (page.status !== 200) throw new Error(JSON.stringify(page.body))
-      lines.push(...page.body.entries)
-      after = page.body.next
-    } while (after !== null)
-    return lines.length === 10
-  })
-  t.ok(settled !== undefined, `replica B's lines reach the ledger (${lines.length})`)
+  // Each replica writes its lines after the turn that made them: B's are written once flushed.
+  await b.quotas.ledger.flush()
+  const lines: any[] = []
+  let after: string | null = null
+  do {
+    const page: { status: number, body: any } = await admin(a, root, 'GET', `/admin/ledger?sub=metered&limit=2${after !== null ? `&after=${after}` : ''}`)
+    if (page.status !== 200) throw new Error(JSON.stringify(page.body))
+    lines.push(...page.body.entries)
+    after = page.body.next
+  } while (after !== null)
+  t.equal(lines.length, 10, 'replica B\'s lines are in the ledger, read through A, page by page')
   const sum = (kind: string): number => lines.filter(l => l.kind === kind).reduce((n, l) => n + l.amount, 0)
   t.same(lines.map(l => l.kind).sort(), ['charge', 'charge', 'charge', 'charge', 'charge', 'charge', 'charge', 'credit', 'refund', 'reset'])
   t.equal(sum('charge') - sum('refund') - sum('reset'), want.used, 'charges − refunds − resets = usage')
@@ -168,7 +175,7 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   t.equal((await admin(a, root, 'POST', '/admin/clients', { id: 'runtime-1' })).body.code, 'client_exists')
 
   let issued: { status: number, body: any } = { status: 0, body: undefined }
-  t.ok(await within(1000, async () => { issued = await token(b, 'runtime-1', {}, secret); return issued.status === 200 }) !== undefined, 'the new client gets a token at replica B within 1 s')
+  await afterNextSync(t, b, async () => { issued = await token(b, 'runtime-1', {}, secret); return issued.status === 200 }, 'the new client gets a token at replica B')
   const access = issued.body.access_token as string
   const refresh = issued.body.refresh_token as string
   t.equal(await call(b, access), 200, 'its token works at replica B')
@@ -184,7 +191,7 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   const fresh = rotated.body.client_secret as string
   t.not(fresh, secret)
   t.equal((await token(a, 'runtime-1', {}, secret)).status, 401, 'the old secret stops at once where it was rotated')
-  t.ok(await within(1000, async () => (await token(b, 'runtime-1', {}, secret)).status === 401) !== undefined, 'the old secret stops at replica B within 1 s')
+  await afterNextSync(t, b, async () => (await token(b, 'runtime-1', {}, secret)).status === 401, 'the old secret stops at replica B')
   t.equal((await token(b, 'runtime-1', {}, fresh)).status, 200, 'the new secret works at replica B')
   t.equal(await call(b, access), 200, 'tokens issued before the rotation keep working')
 
@@ -192,8 +199,7 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   const disabled = await admin(a, root, 'PATCH', '/admin/clients/runtime-1', { disabled: true })
   t.equal(disabled.status, 200)
   t.equal(disabled.body.disabled, true)
-  const took = await within(1000, async () => await call(b, access) === 401)
-  t.ok(took !== undefined, `the disabled client's access token is refused at replica B within 1 s (${Math.round(took ?? -1)} ms)`)
+  await afterNextSync(t, b, async () => await call(b, access) === 401, 'the disabled client\'s access token is refused at replica B')
   const refused = await b.inject({ method: 'GET', url: '/quota', headers: { authorization: `Bearer ${access}` } })
   t.equal(refused.json().code, 'token_revoked')
   t.equal(await call(b, other), 200, 'positive control: another client\'s token at replica B')
@@ -205,11 +211,11 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   t.equal((await admin(a, root, 'PATCH', '/admin/clients/runtime-1', { disabled: false, scopes: ['tools:call', 'tools:read'] })).status, 200)
   let again: { status: number, body: any } = { status: 0, body: undefined }
   let lastCall = 0
-  t.ok(await within(2500, async () => {
+  await afterNextSync(t, b, async () => {
     again = await token(b, 'runtime-1', {}, fresh)
     lastCall = again.status === 200 ? await call(b, again.body.access_token) : 0
     return lastCall === 200
-  }) !== undefined, 'enabled again: a new token works')
+  }, 'enabled again: a new token works at replica B')
   t.equal(lastCall, 200, `token ${again.status} ${JSON.stringify(again.body).slice(0, 200)}`)
   t.equal(again.body.scope, 'tools:call tools:read', 'the changed scopes are in the new token')
   t.equal(await call(b, access), 401, 'the token from before the disable stays refused')
@@ -217,7 +223,7 @@ t.test('run-time clients: created at one replica, disabled, rotated and deleted 
   // Delete at A: B refuses within 1 s; the id is gone from the listing.
   const live = again.body.access_token as string
   t.equal((await admin(a, root, 'DELETE', '/admin/clients/runtime-1')).status, 204)
-  t.ok(await within(1000, async () => await call(b, live) === 401) !== undefined, 'a deleted client\'s token is refused at replica B within 1 s')
+  await afterNextSync(t, b, async () => await call(b, live) === 401, 'a deleted client\'s token is refused at replica B')
   t.equal((await token(b, 'runtime-1', {}, fresh)).status, 401, 'a deleted client gets no token')
   t.equal((await admin(a, root, 'GET', '/admin/clients/runtime-1')).status, 404)
   t.equal((await admin(a, root, 'PATCH', '/admin/clients/runtime-1', { disabled: false })).body.code, 'client_not_found')

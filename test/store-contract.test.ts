@@ -10,6 +10,7 @@ import t, { type Test } from 'tap'
 import type { KeyRecord, LedgerEntry, RefreshFamily, Store, StoredClient } from '../src/store/index.js'
 import { RedisStore } from '../src/store/redis.js'
 import { SqliteStore } from '../src/store/sqlite.js'
+import { Quotas } from '../src/quota/index.js'
 import { ManualClock, tempDir } from './helper.js'
 import { deletePrefix, redisServerMissing, startRedisCluster, testRedisUrl, uniquePrefix } from './support/redis.js'
 import { requires } from './support/skip.js'
@@ -209,6 +210,28 @@ function contract (t: Test, open: Open): void {
     t.equal((await store.getBalance('gina', 0, MIN)).credits, 15, 'credits survive a reset')
     t.equal(await store.resetQuota('nobody', 0, MIN), 0)
     t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: true, used: 1, credits: 15 })
+  })
+
+  t.test('ledger: a charge\'s line goes with the charge where the store can write both at once, exactly once through Quotas', async t => {
+    const store = await open(t)
+    const line: LedgerEntry = { ts: NOW, sub: 'lena', clientId: 'agent', tool: 'chat', kind: 'charge', amount: 2, requestId: 'r1' }
+    const granted = await store.consumeQuota('lena', 0, MIN, 5, 2, line)
+    const refused = await store.consumeQuota('lena', 0, MIN, 5, 4, { ...line, amount: 4, requestId: 'r2' })
+    t.equal(granted.granted, true)
+    t.equal(refused.granted, false)
+    t.not(refused.recorded, true, 'a refused charge has no line')
+    if (store.kind === 'sqlite') t.equal(granted.recorded, true, 'SQLite writes the line in the charge\'s transaction')
+    const lines = (await store.listLedger({ sub: 'lena', limit: 10 })).entries
+    t.same(lines, granted.recorded === true ? [line] : [], 'the store wrote the line exactly when it says it did')
+    // Through Quotas: every granted charge is in the ledger once, whoever writes it.
+    const quotas = new Quotas(store, () => NOW)
+    const quota = { limit: 3, window: 60 }
+    const charges = await Promise.all(Array.from({ length: 5 }, async (_, i) => await quotas.consume('mona', quota, 1, { clientId: 'agent', tool: 'chat', requestId: `q${i}` })))
+    t.equal(charges.filter(c => c.granted).length, 3)
+    await quotas.ledger.flush()
+    const mona = (await store.listLedger({ sub: 'mona', limit: 10 })).entries
+    t.equal(mona.length, 3, 'one line per granted charge, none for the refused')
+    t.ok(mona.every(l => l.kind === 'charge' && l.amount === 1 && l.clientId === 'agent' && l.tool === 'chat'))
   })
 
   t.test('ledger: appended in order, filtered by subject and time, paged to the end by the cursor', async t => {

@@ -11,6 +11,7 @@ export class ClientSync {
   #version = -1
   #timer: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
+  #polls = 0
 
   constructor (readonly store: Store, readonly registry: ClientRegistry, readonly intervalMs: number, readonly onError: (err: unknown) => void = () => {}) {}
 
@@ -18,6 +19,11 @@ export class ClientSync {
     await this.sync(true)
     this.#timer = setInterval(() => { this.sync().catch(this.onError) }, this.intervalMs)
     this.#timer.unref()
+  }
+
+  /** Successful polls so far (each a version read, and a reload when it moved). */
+  get polls (): number {
+    return this.#polls
   }
 
   stop (): void {
@@ -33,10 +39,12 @@ export class ClientSync {
     }
     this.#running = (async () => {
       try {
-        if (!force && await this.store.clientsVersion() === this.#version) return
-        const { version, clients } = await this.store.listClients()
-        this.registry.applyStored(clients)
-        this.#version = version
+        if (force || await this.store.clientsVersion() !== this.#version) {
+          const { version, clients } = await this.store.listClients()
+          this.registry.applyStored(clients)
+          this.#version = version
+        }
+        this.#polls++ // a successful poll only
       } finally {
         this.#running = undefined
       }

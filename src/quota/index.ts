@@ -47,7 +47,11 @@ export class Quotas {
 
   /** Appends one line to the usage ledger (settlements and other kinds recorded elsewhere use this too). */
   record (sub: string, kind: LedgerEntry['kind'], amount: number, meta: ChargeMeta = {}): void {
-    this.ledger.record({ ts: this.clock(), sub, clientId: meta.clientId ?? null, tool: meta.tool ?? null, kind, amount, requestId: meta.requestId ?? null })
+    this.ledger.record(this.#line(sub, kind, amount, meta))
+  }
+
+  #line (sub: string, kind: LedgerEntry['kind'], amount: number, meta: ChargeMeta = {}): LedgerEntry {
+    return { ts: this.clock(), sub, clientId: meta.clientId ?? null, tool: meta.tool ?? null, kind, amount, requestId: meta.requestId ?? null }
   }
 
   #window (quota: QuotaClaim): { windowStart: number, windowMs: number, reset: number } {
@@ -87,8 +91,10 @@ export class Quotas {
 
   async consume (sub: string, quota: QuotaClaim, cost: number, meta?: ChargeMeta): Promise<Charge> {
     const w = this.#window(quota)
-    const result = await this.store.consumeQuota(sub, w.windowStart, w.windowMs, quota.limit, cost)
-    if (result.granted && cost > 0) this.record(sub, 'charge', cost, meta)
+    // The charge's ledger line goes with it where the store can write both in one transaction.
+    const line = cost > 0 ? this.#line(sub, 'charge', cost, meta) : undefined
+    const result = await this.store.consumeQuota(sub, w.windowStart, w.windowMs, quota.limit, cost, line)
+    if (result.granted && line !== undefined && result.recorded !== true) this.ledger.record(line)
     return {
       granted: result.granted,
       usage: this.#usage(quota, result.used, w.reset, result.credits),

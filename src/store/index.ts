@@ -31,6 +31,8 @@ export interface QuotaResult {
   used: number
   /** Credits added to the window's allowance (admin API); the check allowed limit + credits. */
   credits?: number
+  /** True when the charge's ledger line was written with it, in the same transaction. */
+  recorded?: boolean
 }
 
 /** What a usage-ledger line records (CONTRACT §11). */
@@ -168,8 +170,13 @@ export interface Store {
   replaceKeys (key: KeyRecord, now: number, retire: string[]): Promise<string[]>
 
   // ---- quota: fixed windows keyed by subject and window start
-  /** Atomically adds `cost` to the window's usage if the result stays <= limit. */
-  consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number): Promise<QuotaResult>
+  /**
+   * Atomically adds `cost` to the window's usage if the result stays <= limit (plus the window's
+   * credits). With `line`, a store that can append it to the ledger in the charge's own transaction
+   * does so when the charge is granted, and answers `recorded: true` (SQLite: the line is exactly
+   * as durable as the charge); otherwise the caller records it.
+   */
+  consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line?: LedgerEntry): Promise<QuotaResult>
   /** Gives back `cost` (never below zero). */
   refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void>
   getQuota (sub: string, windowStart: number, windowMs: number): Promise<number>

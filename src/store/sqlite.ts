@@ -101,7 +101,7 @@ function toFamily (row: FamilyRow): RefreshFamily {
 }
 
 /** A quota charge waiting for the next group commit. */
-interface Charge { sub: string, windowStart: number, windowMs: number, limit: number, cost: number, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }
+interface Charge { sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line: LedgerEntry | undefined, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
@@ -194,6 +194,11 @@ export class SqliteStore implements Store {
         ? { granted: true, used }
         : { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
       if (credits > 0) result.credits = credits
+      if (result.granted && c.line !== undefined) {
+        const e = c.line
+        this.#stmt.appendLedger.run(e.ts, e.sub, e.clientId, e.tool, e.kind, e.amount, e.requestId)
+        result.recorded = true
+      }
       return result
     }))
   }
@@ -247,9 +252,9 @@ export class SqliteStore implements Store {
   // transaction. Each is still its own conditional upsert, checked by SQLite in order (exact under
   // any concurrency, across processes too), and no caller hears "granted" before the commit that
   // makes its charge durable; the batch only saves a WAL commit per call on the hot path.
-  async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number): Promise<QuotaResult> {
+  async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line?: LedgerEntry): Promise<QuotaResult> {
     return await new Promise((resolve, reject) => {
-      this.#charges.push({ sub, windowStart, windowMs, limit, cost, resolve, reject })
+      this.#charges.push({ sub, windowStart, windowMs, limit, cost, line, resolve, reject })
       if (this.#charges.length === 1) setImmediate(() => { this.#commitCharges() })
     })
   }
