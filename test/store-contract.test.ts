@@ -212,6 +212,25 @@ function contract (t: Test, open: Open): void {
     t.same(await store.consumeQuota('gina', 0, MIN, 5, 1), { granted: true, used: 1, credits: 15 })
   })
 
+  t.test('quota: the balance read right after each kind of write is exact (no read answers from before it)', async t => {
+    const store = await open(t)
+    const balance = async (): Promise<unknown> => await store.getBalance('nina', 0, MIN)
+    t.same(await balance(), { used: 0, credits: 0 })
+    await store.consumeQuota('nina', 0, MIN, 10, 4)
+    t.same(await balance(), { used: 4, credits: 0 }, 'after a charge')
+    await store.refundQuota('nina', 0, MIN, 1)
+    t.same(await balance(), { used: 3, credits: 0 }, 'after a refund')
+    await store.settleQuota('nina', 0, MIN, 5)
+    t.same(await balance(), { used: 8, credits: 0 }, 'after a settlement')
+    await store.addCredits('nina', 0, MIN, 2)
+    t.same(await balance(), { used: 8, credits: 2 }, 'after credits')
+    await store.consumeQuota('nina', 0, MIN, 10, 5)
+    t.same(await balance(), { used: 8, credits: 2 }, 'after a refused charge')
+    await store.resetQuota('nina', 0, MIN)
+    t.same(await balance(), { used: 0, credits: 2 }, 'after a reset')
+    if (store.getBalanceSync !== undefined) t.same(store.getBalanceSync('nina', 0, MIN), { used: 0, credits: 2 }, 'the synchronous read agrees')
+  })
+
   t.test('ledger: a charge\'s line goes with the charge where the store can write both at once, exactly once through Quotas', async t => {
     const store = await open(t)
     const line: LedgerEntry = { ts: NOW, sub: 'lena', clientId: 'agent', tool: 'chat', kind: 'charge', amount: 2, requestId: 'r1' }

@@ -66,6 +66,16 @@ CREATE TABLE IF NOT EXISTS meta (
 `
 
 const COUNTER_FLUSH_MS = 1000
+/**
+ * How long a balance this process read or wrote answers getBalanceSync without a read. A read in
+ * WAL mode costs about 8 µs of lock system calls on this kind of machine (a Map probe, well under
+ * one: bench/README.md), and GET /validate reports the balance on every answer. The charges
+ * themselves always go to the file; only another process writing the same window (never Tollgate
+ * itself: one process per SQLite file) could make a reported balance this much older.
+ */
+const BALANCE_FRESH_MS = 1000
+/** Balances remembered at most; past that, the oldest is forgotten. */
+const MAX_BALANCES = 100_000
 /** Counters kept in memory at most; past that, ended windows are dropped (and all flushed). */
 const MAX_COUNTERS = 100_000
 
@@ -103,6 +113,11 @@ function toFamily (row: FamilyRow): RefreshFamily {
 /** A quota charge waiting for the next group commit. */
 interface Charge { sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line: LedgerEntry | undefined, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }
 
+/** A quota window's key in the balance memory: unambiguous for any subject, the two numbers end it. */
+function balanceKey (sub: string, windowStart: number, windowMs: number): string {
+  return `${sub}\n${windowMs}\n${windowStart}`
+}
+
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
   readonly #db: Database.Database
@@ -110,6 +125,8 @@ export class SqliteStore implements Store {
   readonly #counters = new Map<string, { windowStart: number, expiresAt: number, count: number, pending: number }>()
   #flushTimer: NodeJS.Timeout | undefined
   #charges: Charge[] = []
+  /** Window (balanceKey) → its usage and credits as this process last read or wrote them. */
+  readonly #balances = new Map<string, Balance & { at: number }>()
   /** The group commit's transaction, built once (better-sqlite3 builds a wrapper per transaction() call). */
   readonly #chargeBatch: Database.Transaction<(batch: Charge[]) => QuotaResult[]>
 
@@ -194,6 +211,7 @@ export class SqliteStore implements Store {
         ? { granted: true, used }
         : { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
       if (credits > 0) result.credits = credits
+      this.#remember(balanceKey(c.sub, c.windowStart, c.windowMs), result.used, credits)
       if (result.granted && c.line !== undefined) {
         const e = c.line
         this.#stmt.appendLedger.run(e.ts, e.sub, e.clientId, e.tool, e.kind, e.amount, e.requestId)
@@ -273,11 +291,13 @@ export class SqliteStore implements Store {
   }
 
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
+    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
     this.#stmt.refund.run(cost, sub, windowMs, windowStart)
   }
 
   // One upsert: atomic against concurrent charges and settlements, in this process and others.
   async settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number> {
+    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
     return this.#stmt.settle.get(sub, windowMs, windowStart, delta, windowStart + windowMs, delta) as number
   }
 
@@ -290,6 +310,7 @@ export class SqliteStore implements Store {
   }
 
   async addCredits (sub: string, windowStart: number, windowMs: number, amount: number): Promise<number> {
+    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
     return this.#stmt.addCredits.get(sub, windowMs, windowStart, amount, windowStart + windowMs) as number
   }
 
@@ -298,11 +319,25 @@ export class SqliteStore implements Store {
   }
 
   getBalanceSync (sub: string, windowStart: number, windowMs: number): Balance {
+    const key = balanceKey(sub, windowStart, windowMs)
+    const known = this.#balances.get(key)
+    if (known !== undefined && performance.now() - known.at < BALANCE_FRESH_MS) return { used: known.used, credits: known.credits }
     const [used, credits] = this.#stmt.getBalance.get(sub, windowMs, windowStart, sub, windowMs, windowStart) as [number, number]
+    this.#remember(key, used, credits)
     return { used, credits }
   }
 
+  #remember (key: string, used: number, credits: number): void {
+    const balances = this.#balances
+    if (balances.size >= MAX_BALANCES && !balances.has(key)) {
+      const oldest = balances.keys().next()
+      if (oldest.done !== true) balances.delete(oldest.value)
+    }
+    balances.set(key, { used, credits, at: performance.now() })
+  }
+
   async resetQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
+    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
     return this.#db.transaction(() => {
       const used = (this.#stmt.getQuota.get(sub, windowMs, windowStart) as number | undefined) ?? 0
       this.#stmt.resetQuota.run(sub, windowMs, windowStart)
