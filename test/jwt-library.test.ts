@@ -1,7 +1,7 @@
-// The token stack on fast-jwt: what the pre-check adds (the low-S rule), and that every error the
-// library can throw becomes a 401 invalid_token (or, for a subject token, a 400 invalid_request),
-// never a 500. Tokens are issued by the real app (real SQLite file, real keys) or crafted with its
-// real signing key, so the only thing wrong with each is the case under test.
+// The token stack on @fastify/jwt (fast-jwt underneath): what the pre-check adds (the low-S rule),
+// and that every error the library can throw becomes a 401 invalid_token (or, for a subject token,
+// a 400 invalid_request), never a 500. Tokens are issued by the real app (real SQLite file, real
+// keys) or crafted with its real signing key, so the only thing wrong with each is the case under test.
 import { createHash, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
 import { createSigner, createVerifier, TOKEN_ERROR_CODES, TokenError } from 'fast-jwt'
 import type { FastifyInstance } from 'fastify'
