@@ -1,7 +1,7 @@
-// The token stack on fast-jwt: what the pre-check adds (the low-S rule), and that every error the
-// library can throw becomes a 401 invalid_token (or, for a subject token, a 400 invalid_request),
-// never a 500. Tokens are issued by the real app (real SQLite file, real keys) or crafted with its
-// real signing key, so the only thing wrong with each is the case under test.
+// The token stack on @fastify/jwt (fast-jwt underneath): what the pre-check adds (the low-S rule),
+// and that every error the library can throw becomes a 401 invalid_token (or, for a subject token,
+// a 400 invalid_request), never a 500. Tokens are issued by the real app (real SQLite file, real
+// keys) or crafted with its real signing key, so the only thing wrong with each is the case under test.
 import { createHash, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
 import { createSigner, createVerifier, TOKEN_ERROR_CODES, TokenError } from 'fast-jwt'
 import type { FastifyInstance } from 'fastify'
@@ -202,4 +202,88 @@ t.test('the signer\'s low-S rewrite is n − s, checked against BigInt arithmeti
     t.ok(verify('sha256', data, { key: publicKey, dsaEncoding: 'ieee-p1363' }, out), `signature ${i}: still verifies`)
   }
   t.ok(rewritten > 0, 'some signatures were high-S and rewritten')
+})
+
+t.test('each kind of error @fastify/jwt throws (inactive, invalid algorithm, claim type, key-function failure) is a 401 invalid_token, never a 500', async t => {
+  const { pluginFor } = await import('../src/tokens/jwt.js')
+  const { invalidToken } = await import('../src/tokens/index.js')
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const pem = publicKey.export({ format: 'pem', type: 'spki' }) as string
+  const signing = pluginFor({
+    secret: { private: privateKey.export({ format: 'pem', type: 'pkcs8' }) as string, public: pem },
+    sign: { algorithm: 'ES256', kid: 'k' }
+  })
+  const now = Math.floor(Date.now() / 1000)
+  // The plugin's verify, with the options that make it throw each kind (Tollgate's own leave time to
+  // the claims validator and hold static keys, so these are what the mapping must still cover).
+  const strict = pluginFor({ secret: { public: pem }, verify: { algorithms: ['ES256'], allowedSub: 'x', cache: false } })
+  const keyFunction = pluginFor({ secret: { public: async () => { throw new Error('key store down') } }, verify: { algorithms: ['ES256'] } })
+  const cases: Array<[string, string, () => unknown, RegExp]> = [
+    ['FAST_JWT_INACTIVE', 'inactive (nbf)', () => strict.verify(signing.sign({ sub: 'x', nbf: now + 3600 })), /^token not yet valid$/],
+    ['FAST_JWT_INVALID_ALGORITHM', 'invalid algorithm', () => strict.verify(signing.sign({ sub: 'x' }).replace(/^[^.]+/, b64({ alg: 'HS256', typ: 'JWT', kid: 'k' }))), /^algorithm not allowed for this key$/],
+    ['FAST_JWT_INVALID_CLAIM_TYPE', 'claim type', () => strict.verify(signing.sign({ sub: 42 })), /^claim rejected: The sub claim must be a string/],
+    ['FAST_JWT_KEY_FETCHING_ERROR', 'key-function failure', () => keyFunction.verify(signing.sign({ sub: 'x' })), /^unknown key$/]
+  ]
+  for (const [code, name, run, description] of cases) {
+    let thrown: unknown
+    try {
+      await run()
+    } catch (err) {
+      thrown = err
+    }
+    t.equal((thrown as { code?: string }).code, code, `${name}: the plugin threw ${code}`)
+    const refused = refusal(thrown)
+    t.type(refused, TokenRefused, `${name}: a TokenRefused`)
+    t.match(refused.message, description, `${name}: says which rule`)
+    const answer = invalidToken(refused)
+    t.equal(answer.statusCode, 401, `${name}: 401, not 500`)
+    t.equal(answer.code, 'invalid_token', `${name}: invalid_token`)
+  }
+  // The plugin's own codes (its decode wraps malformed tokens) are mapped too.
+  let decodeError: unknown
+  try {
+    signing.decode('not a token')
+  } catch (err) {
+    decodeError = err
+  }
+  t.match(decodeError, { code: 'FST_JWT_AUTHORIZATION_TOKEN_INVALID' })
+  t.match(refusal(decodeError), { message: 'malformed token' })
+})
+
+t.test('a key the library refuses for its algorithm refuses the token: 401, never 500', async t => {
+  const app = await build(t)
+  const { access_token: token } = await issue(app)
+  const real = app.keys.verificationKey.bind(app.keys)
+  const x25519 = generateKeyPairSync('x25519').publicKey
+  const swaps: Array<[string, (kid: string) => ReturnType<typeof real>]> = [
+    // The ES256 key published as RS256: the plugin refuses to build an RS256 verifier from an EC key.
+    ['EC key named RS256', kid => { const key = real(kid); return key === undefined ? undefined : { ...key, alg: 'RS256' as any } }],
+    // A key type no JWS algorithm uses.
+    ['X25519 key', kid => { const key = real(kid); return key === undefined ? undefined : { ...key, publicKey: x25519 } }]
+  ]
+  for (const [name, swap] of swaps) {
+    app.keys.verificationKey = swap
+    t.teardown(() => { app.keys.verificationKey = real })
+    await refused(t, app, token, /error_description="unknown key"/, name)
+  }
+  app.keys.verificationKey = real
+  t.equal((await getValidate(app, token)).statusCode, 200, 'control: with the real key the token passes')
+})
+
+t.test('interoperability: a Tollgate token passes @fastify/jwt registered in a plain Fastify app with the published key', async t => {
+  const Fastify = (await import('fastify')).default
+  const fastifyJwt = (await import('@fastify/jwt')).default
+  const app = await build(t)
+  const { access_token: token } = await issue(app)
+  const key = app.keys.verificationKey(app.keys.signingKey().kid) as { publicKey: KeyObject }
+  const other = Fastify()
+  t.teardown(() => other.close())
+  await other.register(fastifyJwt, {
+    secret: { public: key.publicKey.export({ format: 'pem', type: 'spki' }) as string },
+    verify: { algorithms: ['ES256'], allowedIss: 'https://tollgate.test', checkTyp: 'at+jwt' }
+  })
+  other.get('/me', async request => await request.jwtVerify())
+  const res = await other.inject({ method: 'GET', url: '/me', headers: { authorization: `Bearer ${token}` } })
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), { iss: 'https://tollgate.test', sub: 'agent', client_id: 'agent' })
 })

@@ -5,7 +5,7 @@
 // The key is chosen by `kid` from the fetched set only, with the issuer's algorithm allowlist; the
 // token's own header never names a key (no jku/jwk/x5u/x5c) or an extension (no crit). Verification
 // is the same stack as Tollgate's own tokens: the pre-check (without the low-S rule: identity
-// providers' signers write either half), fast-jwt with one verifier per fetched key, and the one
+// providers' signers write either half), @fastify/jwt with one verifier per fetched key, and the one
 // claims validator. Knows nothing about HTTP routes; it fetches the configured jwksUri and nothing else.
 import { createPublicKey, type JsonWebKey } from 'node:crypto'
 import type { TrustedIssuerConfig } from '../config.js'

@@ -1,6 +1,7 @@
 // Access tokens: minting (RFC 9068 profile) and the one verification path every protected route
 // uses, in layers (STYLE.md): the pre-check (precheck.ts), the library with the key named by `kid`
-// (jwt.ts: fast-jwt, one verifier per key), the claims validator (claims.ts), then revocation.
+// (jwt.ts: @fastify/jwt, one signer and one verifier per key), the claims validator (claims.ts), then
+// revocation (#checkLive: the one place, on cache hits too).
 // Verification keeps a bounded cache keyed by the exact token string, which skips all of that on a
 // repeat; a cache hit still checks time, key presence and revocation, so the cache never outlives
 // `exp`, a removed key or a revocation. Knows nothing about HTTP.
@@ -101,7 +102,7 @@ const REQUIRED = ['iss', 'sub', 'aud', 'exp', 'iat', 'jti', 'client_id'] as cons
 const STRING_CLAIMS = ['iss', 'sub', 'jti', 'client_id'] as const
 
 /** A TokenRefused as the 401 every protected route answers. */
-function invalidToken (err: TokenRefused): InvalidToken {
+export function invalidToken (err: TokenRefused): InvalidToken {
   return new InvalidToken(err.message, err.expired ? 'token_expired' : 'invalid_token')
 }
 
@@ -135,8 +136,8 @@ export class Tokens {
    */
   clientDenials: ReadonlyMap<string, number> = new Map()
   /**
-   * The library's signer and verifier of each key, made once per key (keyed by its KeyObject, which
-   * the key manager loads once per kid and drops when the key is removed).
+   * The library's signer and verifier of each key (an @fastify/jwt decorator per key), made once per
+   * key (keyed by its KeyObject, which the key manager loads once per kid and drops when the key is removed).
    */
   readonly #verifiers = new WeakMap<KeyObject, JwtVerifier>()
   readonly #signers = new WeakMap<KeyObject, JwtSigner>()
