@@ -2,7 +2,7 @@
 import { userInfo } from 'node:os'
 import { parseArgs } from 'node:util'
 import { hashSecret } from './clients/index.js'
-import { loadConfig, type Config } from './config.js'
+import { loadConfig, publishAhead, type Config } from './config.js'
 
 const HELP = `Usage: tollgate <command> [options]
 
@@ -16,7 +16,7 @@ Commands:
                                  state, replacing a pending next key: the answer to a leak)
   keys retire <kid> --now [--config PATH]
                                  stop publishing a key and refuse every token it signed, at every
-                                 replica within the key reload interval (10 s); a signing key is
+                                 replica within keys.reloadInterval (default 10 s); a signing key is
                                  first replaced by a fresh one
   usage export [--since ISO] [--format csv|jsonl] [--config PATH]
                                  write the usage ledger (every charge, refund, settlement, credit
@@ -46,7 +46,7 @@ async function withKeys<T> (config: Config, fn: (keys: import('./keys/index.js')
       secret: resolveSecret(config.secret, config.dataDir).secret,
       algorithm: config.keys.algorithm,
       rotateAfter: config.keys.rotateAfter,
-      publishAhead: config.keys.publishAhead ?? config.keys.jwksMaxAge + 50,
+      publishAhead: publishAhead(config.keys),
       retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
       log: { error: (obj, msg) => { process.stderr.write(`${msg}: ${JSON.stringify(obj)}\n`) } }
     })

@@ -149,6 +149,11 @@ export const ConfigSchema = Type.Object({
     rotateAfter: Type.Number({ exclusiveMinimum: 0, default: 90 * 86400 }),
     /** How long a new key is published before it signs: at least the JWKS max-age plus one reload. */
     publishAhead: Type.Optional(Seconds),
+    /**
+     * How often each replica re-reads the key set (and rotates when due). At most a minute: a running
+     * server picks up a rotation within 60 s (CONTRACT §8).
+     */
+    reloadInterval: Type.Number({ exclusiveMinimum: 0, maximum: 60, default: 10 }),
     /** JWKS `Cache-Control: max-age`. */
     jwksMaxAge: Type.Number({ minimum: 0, default: 300 })
   }, { additionalProperties: false, default: {} }),
@@ -205,12 +210,20 @@ export type TrustedIssuerConfig = Static<typeof TrustedIssuerSchema>
 // Keys holding durations, as paths; `*` stands for every array element.
 const DURATION_PATHS = [
   'server.requestTimeout', 'server.headersTimeout', 'server.keepAliveTimeout', 'store.timeout',
-  'keys.rotateAfter', 'keys.publishAhead', 'keys.jwksMaxAge',
+  'keys.rotateAfter', 'keys.publishAhead', 'keys.jwksMaxAge', 'keys.reloadInterval',
   'tokens.accessTtl', 'tokens.refreshTtl', 'tokens.refreshIdleTtl', 'tokens.leeway', 'tokens.maxLifetime',
   'rateLimits.token.window', 'rateLimits.perIp.window', 'rateLimits.perSubject.window',
   'rateLimits.failedAuthPerClient.window', 'rateLimits.failedAuthPerIp.window',
   'clients.*.accessTtl', 'clients.*.quota.window', 'tools.*.timeout'
 ]
+
+/**
+ * `keys.publishAhead`, or by default the JWKS cache lifetime plus two key reloads and 30 s: a new key
+ * is in every cached JWKS before any replica signs with it. `reloadInterval` in seconds.
+ */
+export function publishAhead (keys: Config['keys'], reloadInterval = keys.reloadInterval): number {
+  return keys.publishAhead ?? keys.jwksMaxAge + 2 * reloadInterval + 30
+}
 
 export interface LoadOptions {
   /** `--config PATH`; falls back to TOLLGATE_CONFIG, then to the built-in demo configuration. */

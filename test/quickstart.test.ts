@@ -20,7 +20,9 @@ t.test('the README quick start works on a fresh directory', async t => {
   t.match(gw.output(), /demo client id:\s+demo/, 'the operator is told about the demo client')
   t.match(gw.output(), /data\/demo-client-secret/, 'and where its secret is')
 
-  const script = `set -euo pipefail\n${(block as string).replaceAll('127.0.0.1:8080', `127.0.0.1:${gw.port}`)}`
+  // A step that fails ends the run at once: the trap stops the demo tool, whose open stdout would
+  // otherwise keep spawnSync waiting until tap's timeout.
+  const script = `set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n${(block as string).replaceAll('127.0.0.1:8080', `127.0.0.1:${gw.port}`)}`
   const run = spawnSync('bash', ['-c', script], { cwd, encoding: 'utf8' })
   t.equal(run.status, 0, run.stderr)
   const out = run.stdout

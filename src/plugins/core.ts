@@ -4,7 +4,7 @@
 import fp from 'fastify-plugin'
 import { ClientRegistry } from '../clients/index.js'
 import { ClientSync } from '../clients/sync.js'
-import type { Config } from '../config.js'
+import { publishAhead, type Config } from '../config.js'
 import { KeyManager } from '../keys/index.js'
 import { resolveSecret } from '../keys/material.js'
 import { FailedClientAuth } from '../oauth/failed-auth.js'
@@ -19,7 +19,7 @@ export interface CoreOptions {
   clock?: () => number
   /** A store to use instead of opening the configured one (its owner closes it). */
   store?: Store
-  /** How often the key set is re-read and rotated when due (ms). */
+  /** How often the key set is re-read and rotated when due (ms); default `keys.reloadInterval`. */
   keyReloadMs?: number
   /** How often expired records are purged (ms). */
   purgeMs?: number
@@ -47,7 +47,6 @@ declare module 'fastify' {
   }
 }
 
-export const KEY_RELOAD_MS = 10_000
 /** Run-time client changes reach every replica within this (CONTRACT §11: within 1 s). */
 export const CLIENT_SYNC_MS = 250
 
@@ -64,13 +63,13 @@ export default fp<CoreOptions>(async function core (app, opts) {
 
   const { secret, generated, file } = resolveSecret(config.secret, config.dataDir)
   if (generated) app.log.warn({ file }, 'generated a key-encryption secret; set TOLLGATE_SECRET to manage it yourself (replicas must share one)')
-  const keyReloadMs = opts.keyReloadMs ?? KEY_RELOAD_MS
+  const keyReloadMs = opts.keyReloadMs ?? config.keys.reloadInterval * 1000
   const keys = new KeyManager({
     store,
     secret,
     algorithm: config.keys.algorithm,
     rotateAfter: config.keys.rotateAfter,
-    publishAhead: config.keys.publishAhead ?? config.keys.jwksMaxAge + 2 * keyReloadMs / 1000 + 30,
+    publishAhead: publishAhead(config.keys, keyReloadMs / 1000),
     retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
     clock,
     log: app.log
