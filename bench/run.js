@@ -321,6 +321,7 @@ async function fillQuotaSubjects (ctx, subjects) {
   const { tollgate } = ctx.tollgates[0]
   let next = 0
   let charged = 0
+  let retried = 0
   const worker = async () => {
     while (next < subjects) {
       const i = next++
@@ -330,7 +331,16 @@ async function fillQuotaSubjects (ctx, subjects) {
         subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
         audience: 'tool:echo'
       })
-      const ex = await fetch(`${tollgate.url}/token`, { method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body })
+      // 64 workers can outrun the client-authentication guard (a bounded number of secret checks in
+      // flight; 503 temporarily_unavailable with Retry-After beyond it): a 503 is retried, as a client should.
+      let ex
+      for (let attempt = 1; ; attempt++) {
+        ex = await fetch(`${tollgate.url}/token`, { method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body })
+        if (ex.status !== 503 || attempt === 20) break
+        await ex.arrayBuffer()
+        retried++
+        await new Promise(resolve => setTimeout(resolve, 50 * attempt))
+      }
       if (ex.status !== 200) throw new Error(`token exchange for user-${i}: ${ex.status} ${await ex.text()}`)
       const { access_token: token } = await ex.json()
       const res = await fetch(`${tollgate.url}/call`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: CALL_BODY })
@@ -340,7 +350,7 @@ async function fillQuotaSubjects (ctx, subjects) {
   }
   const started = Date.now()
   await Promise.all(Array.from({ length: 64 }, worker))
-  process.stderr.write(`  ${subjects} subjects exchanged and charged in ${Math.round((Date.now() - started) / 1000)} s\n`)
+  process.stderr.write(`  ${subjects} subjects exchanged and charged in ${Math.round((Date.now() - started) / 1000)} s (${retried} token requests retried after a 503)\n`)
   return charged
 }
 
