@@ -216,7 +216,7 @@ t.test('the settle stage alone: Tollgate-Cost values, settling, a refund after i
     await meter(quotas, ctx, 5)
     return ctx
   }
-  const usedNow = async (): Promise<number> => (await quotas.usage('agent', { limit: 10, window: 86400 })).used
+  const usedNow = async (): Promise<number> => (await quotas.balance('agent', { limit: 10, window: 86400 })).used
 
   const ctx = await charged('chat')
   t.same(await settleReported(quotas, ctx, 8, log), { 'ratelimit-policy': '"quota";q=10;w=86400', ratelimit: '"quota";r=2;t=43200' })

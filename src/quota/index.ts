@@ -65,10 +65,6 @@ export class Quotas {
     return { limit: quota.limit, used, remaining: Math.max(0, quota.limit + credits - used), window: quota.window, reset }
   }
 
-  async usage (sub: string, quota: QuotaClaim): Promise<QuotaUsage> {
-    return await this.balance(sub, quota)
-  }
-
   /** Usage with the window's credits (the admin API's view). */
   async balance (sub: string, quota: QuotaClaim): Promise<QuotaUsage & { credits: number }> {
     const w = this.#window(quota)

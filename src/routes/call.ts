@@ -200,7 +200,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     if (quota !== undefined) {
       // Every /call answer carries the RateLimit fields; a replay's are read, nothing is charged.
       try {
-        reply.headers(quotaHeaders(await quotas.usage(principalOf(ctx).sub, quota)))
+        reply.headers(quotaHeaders(await quotas.balance(principalOf(ctx).sub, quota)))
       } catch (err) {
         request.log.warn({ err }, 'quota usage unavailable for a replayed answer')
       }
@@ -343,7 +343,7 @@ export default async function callRoutes (app: FastifyInstance): Promise<void> {
     const ctx = request.ctx
     const stream = request.body as Readable | undefined | null
     // An Idempotency-Key may have had the body read already (to hash it).
-    if (ctx.body === undefined && stream !== undefined && stream !== null && typeof stream.pipe === 'function' && !isUpgrade(request)) {
+    if (ctx.body === undefined && isStream(stream) && !isUpgrade(request)) {
       if (Number(request.headers['content-length'] ?? 0) > bodyLimit) throw new PayloadTooLarge()
       ctx.body = await readBody(stream, bodyLimit)
     }

@@ -37,7 +37,7 @@ export default async function quotaRoutes (app: FastifyInstance): Promise<void> 
     reply.header('cache-control', 'no-store')
     const quota = p.claims.quota
     if (quota === undefined) return { sub: p.sub, limit: null, used: null, remaining: null, window: null, reset: null }
-    const usage = await app.quotas.usage(p.sub, quota).catch((err: unknown) => { throw new StoreUnavailable({ cause: err }) })
+    const usage = await app.quotas.balance(p.sub, quota).catch((err: unknown) => { throw new StoreUnavailable({ cause: err }) })
     reply.headers(quotaHeaders(usage))
     return { sub: p.sub, limit: usage.limit, used: usage.used, remaining: usage.remaining, window: usage.window, reset: usage.reset }
   })

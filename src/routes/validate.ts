@@ -103,7 +103,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
     if (c.act !== undefined) answer.act = c.act
     if (c.cnf !== undefined) answer.cnf = c.cnf
     if (c.quota !== undefined) {
-      const usage = await app.quotas.usage(c.sub, c.quota).catch((err: unknown) => {
+      const usage = await app.quotas.balance(c.sub, c.quota).catch((err: unknown) => {
         throw new OAuthError('temporarily_unavailable', 'the state store is unavailable', 503, { cause: err })
       })
       answer.quota = { limit: usage.limit, used: usage.used, remaining: usage.remaining, reset: usage.reset }
