@@ -1,4 +1,4 @@
-// A free TCP port on 127.0.0.1, for the bench's servers (bench/run.js, bench/jwt-compare.js).
+// A free TCP port on 127.0.0.1, for the bench's servers (bench/run.js, bench/compare.js).
 import { createServer } from 'node:net'
 
 export async function freePort () {

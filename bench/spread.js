@@ -1,4 +1,4 @@
-// Spreads a request list over autocannon's connections (bench/run.js, bench/jwt-compare.js).
+// Spreads a request list over autocannon's connections (bench/run.js, bench/compare.js).
 
 /**
  * Autocannon options spreading `requests` over `connections`: each connection cycles through its

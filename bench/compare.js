@@ -1,21 +1,26 @@
 // Side-by-side benchmark of two Tollgate builds: the base (by default the `main` branch, built here
 // into a temporary folder from `git archive`, with a symlink to this tree's node_modules) and this
 // tree's dist. Both run at the default configuration with only the rate limits raised
-// (bench/tollgate-config.js), each in its own process, and autocannon alternates rounds between
-// them (A B, then B A, same duration), for:
+// (bench/tollgate-config.js: log level info, so the access log is on; it goes to a file in each
+// data dir), each in its own process, calling the same upstream (bench/servers/upstream.js), and
+// autocannon alternates rounds between them (A B, then B A, same duration), for:
 //   validate_uncached  GET /validate over more tokens than the verification cache holds (10,000):
 //                      every request pays the full ES256 verification
+//   validate_repeat    GET /validate, one token repeated
 //   token_issue        POST /token, client_credentials with HTTP Basic
+//   call               POST /call to the echo tool, charged to the client's quota (cost 1)
 // It prints req/s and server CPU µs per request for each round, the medians, and this tree's
-// median over the base's (for CPU: the base's over this tree's, so above 1 is better either way).
+// median over the base's (for CPU: the base's over this tree's, so above 1 is better either way),
+// with the median of the per-round ratios (each round's pair ran back to back).
 //
-//   npm run build && node bench/jwt-compare.js [--base-ref main] [--base-dir DIR] [--rounds 4]
-//        [--duration 5] [--connections 50] [--uncached-tokens 12000] [--only validate_uncached,token_issue]
+//   npm run build && node bench/compare.js [--base-ref main] [--base-dir DIR] [--rounds 4]
+//        [--duration 5] [--connections 50] [--uncached-tokens 12000]
+//        [--only validate_uncached,validate_repeat,token_issue,call]
 //
 // Traffic goes to 127.0.0.1 only; the temporary build and data folders are removed at the end.
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync, fork, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -63,18 +68,32 @@ const CLIENT_SECRET = randomBytes(24).toString('base64url')
 const BASIC = 'Basic ' + Buffer.from(`bench:${CLIENT_SECRET}`).toString('base64')
 const TOKEN_BODY = 'grant_type=client_credentials'
 
-async function startGateway (name, dir) {
+/** The upstream tool both gateways call (bench/servers/upstream.js), in its own process. */
+function startUpstream () {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(ROOT, 'bench', 'servers', 'upstream.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    children.push(child)
+    child.once('message', m => { resolve(`http://127.0.0.1:${m.port}`) })
+    child.once('exit', code => { reject(new Error(`upstream exited with ${code} before listening`)) })
+  })
+}
+
+async function startGateway (name, dir, upstreamUrl) {
   const dataDir = mkdtempSync(join(tmpdir(), `tollgate-cmp-${name}-`))
   cleanup.push(dataDir)
   const port = await freePort()
   const configFile = join(dataDir, 'tollgate.yaml')
-  // No tool is called here; the upstream address is only there to make the config complete.
-  writeFileSync(configFile, tollgateConfig(port, 'http://127.0.0.1:9'))
+  writeFileSync(configFile, tollgateConfig(port, upstreamUrl, undefined, { priced: false }))
+  // Defaults, as bench/run.js runs them: no TOLLGATE_* variable of the caller's environment but the
+  // ones set here; the access log (stdout) to a file, as a log file or a container's pipe takes it.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TOLLGATE_')))
+  const logFd = openSync(join(dataDir, 'stdout.log'), 'w')
   const child = spawn(process.execPath, [join(dir, 'dist', 'cli.js'), 'serve', '--config', configFile], {
     cwd: dir,
-    env: { ...process.env, TOLLGATE_DATA_DIR: dataDir, TOLLGATE_LOG_LEVEL: 'warn', TOLLGATE_SECRET: randomBytes(32).toString('base64'), BENCH_CLIENT_SECRET: CLIENT_SECRET },
-    stdio: ['ignore', 'ignore', 'inherit']
+    env: { ...env, TOLLGATE_DATA_DIR: dataDir, TOLLGATE_SECRET: randomBytes(32).toString('base64'), BENCH_CLIENT_SECRET: CLIENT_SECRET },
+    stdio: ['ignore', logFd, 'inherit']
   })
+  closeSync(logFd)
   children.push(child)
   const url = `http://127.0.0.1:${port}`
   for (let i = 0; ; i++) {
@@ -122,9 +141,13 @@ function median (values) {
   return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
+const CALL_BODY = JSON.stringify({ tool: 'echo', arguments: { text: 'hello' } })
+
 const ALL_SCENARIOS = {
   validate_uncached: g => ({ url: g.url, ...spread(g.tokens.map(token => ({ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } })), CONNECTIONS) }),
-  token_issue: g => ({ url: `${g.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY })
+  validate_repeat: g => ({ url: `${g.url}/validate`, headers: { authorization: `Bearer ${g.tokens[0]}` } }),
+  token_issue: g => ({ url: `${g.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY }),
+  call: g => ({ url: `${g.url}/call`, method: 'POST', headers: { authorization: `Bearer ${g.tokens[0]}`, 'content-type': 'application/json' }, body: CALL_BODY })
 }
 
 const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name]) => args.only === undefined || args.only.split(',').includes(name)))
@@ -132,12 +155,13 @@ const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name
 async function main () {
   if (!existsSync(join(ROOT, 'dist', 'cli.js'))) throw new Error('build this tree first: npm run build')
   const baseDir = buildBase()
-  const base = await startGateway('base', baseDir)
-  const head = await startGateway('head', ROOT)
+  const upstreamUrl = await startUpstream()
+  const base = await startGateway('base', baseDir, upstreamUrl)
+  const head = await startGateway('head', ROOT, upstreamUrl)
   for (const g of [base, head]) {
     g.tokens = await issueTokens(g.url, 'validate_uncached' in SCENARIOS ? UNCACHED : 1)
-    g.results = { validate_uncached: [], token_issue: [] }
-    g.cpu = { validate_uncached: [], token_issue: [] }
+    g.results = Object.fromEntries(Object.keys(SCENARIOS).map(s => [s, []]))
+    g.cpu = Object.fromEntries(Object.keys(SCENARIOS).map(s => [s, []]))
   }
   process.stdout.write(`${ROUNDS} rounds × ${DURATION} s, ${CONNECTIONS} connections, ${UNCACHED} tokens each for validate_uncached\n`)
   for (let round = 0; round < ROUNDS; round++) {
@@ -156,13 +180,17 @@ async function main () {
     }
   }
   // On a shared machine req/s swings with the other tenants; server CPU per request moves much less.
-  process.stdout.write('\nmedians            req/s base   req/s head   head/base   µs/req base   µs/req head   base/head\n')
+  // The per-round ratios pair each base round with the head round next to it, so a slow spell of
+  // the machine moves both.
+  process.stdout.write('\nmedians            req/s base   req/s head   head/base   µs/req base   µs/req head   base/head   per-round head/base req/s, base/head µs\n')
   for (const scenario of Object.keys(SCENARIOS)) {
     const b = median(base.results[scenario])
     const h = median(head.results[scenario])
     const cb = median(base.cpu[scenario])
     const ch = median(head.cpu[scenario])
-    process.stdout.write(`${scenario.padEnd(17)} ${b.toFixed(0).padStart(11)} ${h.toFixed(0).padStart(12)} ${(h / b).toFixed(3).padStart(11)} ${cb.toFixed(0).padStart(13)} ${ch.toFixed(0).padStart(13)} ${(cb / ch).toFixed(3).padStart(11)}\n`)
+    const rps = median(head.results[scenario].map((v, i) => v / base.results[scenario][i]))
+    const cpu = median(base.cpu[scenario].map((v, i) => v / head.cpu[scenario][i]))
+    process.stdout.write(`${scenario.padEnd(17)} ${b.toFixed(0).padStart(11)} ${h.toFixed(0).padStart(12)} ${(h / b).toFixed(3).padStart(11)} ${cb.toFixed(0).padStart(13)} ${ch.toFixed(0).padStart(13)} ${(cb / ch).toFixed(3).padStart(11)}   ${rps.toFixed(3)}, ${cpu.toFixed(3)}\n`)
   }
 }
 
