@@ -19,7 +19,7 @@ export interface TracingPluginOptions extends TracingOptions {
 }
 
 export default fp(async function tracingPlugin (app: FastifyInstance, options: TracingPluginOptions) {
-  const tracing = createTracing(options.config, options)
+  const tracing = await createTracing(options.config, options)
   app.decorate('tracing', tracing)
   if (tracing === undefined) return
 
