@@ -8,7 +8,12 @@
 // that loads the whole app 7.7 and 5.5), times some seventy test files. The SWC options are the ones
 // @swc-node/register derived from tsconfig.json (target ES2022, define semantics for class fields,
 // class names kept), so the code that runs is the same.
+//
+// Two forms of the same two hooks: async for module.register() (Node 20, hooks on their own thread)
+// and sync for module.registerHooks() (Node >= 22.15, hooks on the loading thread): ts-register.mjs
+// picks one.
 import { transformSync } from '@swc/core'
+import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 
@@ -27,19 +32,44 @@ const SWC_OPTIONS = {
   swcrc: false
 }
 
+/** `./x.js` → `./x.ts` when only the TypeScript file exists (a relative or file: specifier). */
+function typescriptTwin (specifier, err) {
+  const relative = /^(\.|\/|file:)/.test(specifier)
+  if (err?.code !== 'ERR_MODULE_NOT_FOUND' || !relative || !specifier.endsWith('.js')) throw err
+  return `${specifier.slice(0, -'.js'.length)}.ts`
+}
+
+function isTypeScript (url) {
+  return url.startsWith('file:') && url.endsWith('.ts')
+}
+
+function transform (source, url) {
+  const filename = fileURLToPath(url)
+  return { format: 'module', source: transformSync(source, { ...SWC_OPTIONS, filename }).code, shortCircuit: true }
+}
+
 export async function resolve (specifier, context, nextResolve) {
   try {
     return await nextResolve(specifier, context)
   } catch (err) {
-    const relative = /^(\.|\/|file:)/.test(specifier)
-    if (err?.code !== 'ERR_MODULE_NOT_FOUND' || !relative || !specifier.endsWith('.js')) throw err
-    return await nextResolve(`${specifier.slice(0, -'.js'.length)}.ts`, context)
+    return await nextResolve(typescriptTwin(specifier, err), context)
   }
 }
 
 export async function load (url, context, nextLoad) {
-  if (!url.startsWith('file:') || !url.endsWith('.ts')) return await nextLoad(url, context)
-  const filename = fileURLToPath(url)
-  const { code } = transformSync(await readFile(filename, 'utf8'), { ...SWC_OPTIONS, filename })
-  return { format: 'module', source: code, shortCircuit: true }
+  if (!isTypeScript(url)) return await nextLoad(url, context)
+  return transform(await readFile(fileURLToPath(url), 'utf8'), url)
+}
+
+export function resolveSync (specifier, context, nextResolve) {
+  try {
+    return nextResolve(specifier, context)
+  } catch (err) {
+    return nextResolve(typescriptTwin(specifier, err), context)
+  }
+}
+
+export function loadSync (url, context, nextLoad) {
+  if (!isTypeScript(url)) return nextLoad(url, context)
+  return transform(readFileSync(fileURLToPath(url), 'utf8'), url)
 }
