@@ -28,6 +28,7 @@ import revokeRoutes from './routes/revoke.js'
 import tokenRoutes from './routes/token.js'
 import validateRoutes from './routes/validate.js'
 import { addSharedSchemas } from './schemas/index.js'
+import { sharedCompilers } from './schemas/compilers.js'
 
 export interface BuildOptions extends Omit<CoreOptions, 'config'> {
   /** Fastify logger option; defaults to JSON logs at the configured level with redaction, written to stdout through a buffered asynchronous destination. */
@@ -123,7 +124,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     }),
     routerOptions: { maxParamLength: 2048 },
     // RFC 6749 §3.1: unrecognised parameters are ignored (removed), never an error.
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: true } }
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: true } },
+    schemaController: sharedCompilers
   }
   // Request loggers are created lazily: most requests never write a line at the configured level,
   // and a pino child (bindings serialised, redaction set up) per request is measurable.
