@@ -55,14 +55,14 @@ t.test('the shared compilers answer exactly as Fastify\'s own, for valid and ref
 t.test('one compiled serializer per schema object and shared schemas; a different set compiles its own', async t => {
   const { buildSerializer } = sharedCompilers.compilersFactory
   const externals = { Shared }
-  const first = (buildSerializer as any)(externals, {})
-  const again = (buildSerializer as any)({ Shared }, {})
+  const first = buildSerializer(externals, {})
+  const again = buildSerializer({ Shared }, {})
   t.equal(again, first, 'equal shared schemas and options: the same pool')
   const route = { schema: Answer, method: 'POST', url: '/a', httpStatus: '200' }
   const serialize = first(route)
   t.equal(first({ ...route, url: '/b' }), serialize, 'the same schema object: compiled once')
   t.equal(serialize({ name: 'n', n: 1, shared: { code: 'c' }, more: 1 }), '{"name":"n","n":1,"shared":{"code":"c"}}')
-  const other = (buildSerializer as any)({ Shared: { ...Shared, properties: { code: Type.Integer() } } }, {})
+  const other = buildSerializer({ Shared: { ...Shared, properties: { code: Type.Integer() } } }, {})
   t.not(other, first, 'other shared schemas: another pool')
   t.equal(other(route)({ name: 'n', n: 1, shared: { code: 7 } }), '{"name":"n","n":1,"shared":{"code":7}}')
   t.not(first({ ...route, schema: Type.Object({ name: Type.String() }) }), serialize, 'another schema object: compiled for itself')

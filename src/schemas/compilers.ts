@@ -9,34 +9,34 @@
 // same way, in a WeakMap). Inputs are immutable: the same schema, shared schemas and options give
 // the same function, so an app sees exactly what its own compilers would have built.
 import AjvCompiler from '@fastify/ajv-compiler'
-import { SerializerSelector } from '@fastify/fast-json-stringify-compiler'
+import { SerializerSelector, type SerializerCompiler, type SerializerFactory, type Serializer } from '@fastify/fast-json-stringify-compiler'
 
-type ValidatorFactory = ReturnType<typeof AjvCompiler>
-type SerializerFactory = ReturnType<typeof SerializerSelector>
-
-const buildValidator: ValidatorFactory = AjvCompiler()
+const buildValidator = AjvCompiler()
 
 const selectSerializer = SerializerSelector()
-const serializerPools = new Map<string, (route: { schema: object }) => unknown>()
+/** Shared schemas and options (JSON) → the compiler for them, keeping each serializer by schema object. */
+const serializerPools = new Map<string, SerializerCompiler>()
 
-const buildSerializer = ((externalSchemas: unknown, serializerOpts: unknown) => {
-  const key = JSON.stringify(externalSchemas) + JSON.stringify(serializerOpts)
+const buildSerializer: SerializerFactory = (externalSchemas, options) => {
+  const key = JSON.stringify(externalSchemas) + JSON.stringify(options)
   let pool = serializerPools.get(key)
   if (pool === undefined) {
-    const compile = selectSerializer(externalSchemas as never, serializerOpts as never) as unknown as (route: { schema: object }) => unknown
-    const compiled = new WeakMap<object, unknown>()
-    pool = (route) => {
-      let fn = compiled.get(route.schema)
-      if (fn === undefined) {
-        fn = compile(route)
-        compiled.set(route.schema, fn)
+    const compile = selectSerializer(externalSchemas, options)
+    const compiled = new WeakMap<object, Serializer>()
+    pool = route => {
+      const schema = route.schema
+      if (typeof schema !== 'object' || schema === null) return compile(route)
+      let serializer = compiled.get(schema)
+      if (serializer === undefined) {
+        serializer = compile(route)
+        compiled.set(schema, serializer)
       }
-      return fn
+      return serializer
     }
     serializerPools.set(key, pool)
   }
   return pool
-}) as unknown as SerializerFactory
+}
 
 /** Fastify's `schemaController` option: its default compilers, pooled for the process. */
 export const sharedCompilers = { compilersFactory: { buildValidator, buildSerializer } }
