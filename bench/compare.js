@@ -18,19 +18,15 @@
 //        [--only validate_uncached,validate_repeat,token_issue,call]
 //
 // Traffic goes to 127.0.0.1 only; the temporary build and data folders are removed at the end.
-import { execFileSync, fork, spawn } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdtempSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { tollgateConfig } from './tollgate-config.js'
-import { freePort } from './free-port.js'
+import { BASIC, ROOT, cpuMicros, median, startHelper, startTollgate, stopAll, tempDirs } from './processes.js'
 import { spread } from './spread.js'
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { values: args } = parseArgs({
   options: {
     'base-ref': { type: 'string', default: 'main' },
@@ -46,15 +42,12 @@ const ROUNDS = Number(args.rounds)
 const DURATION = Number(args.duration)
 const CONNECTIONS = Number(args.connections)
 const UNCACHED = Number(args['uncached-tokens'])
-const cleanup = []
-const children = []
-process.on('exit', () => { for (const c of children) if (c.exitCode === null) c.kill('SIGTERM') })
 
 /** The base build: `git archive <ref>` compiled with this tree's TypeScript and node_modules. */
 function buildBase () {
   if (args['base-dir'] !== undefined) return args['base-dir']
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-base-'))
-  cleanup.push(dir)
+  tempDirs.push(dir)
   const ref = args['base-ref']
   execFileSync('sh', ['-c', `git -C "${ROOT}" archive "${ref}" src package.json tsconfig.json tsconfig.build.json | tar -x -C "${dir}"`])
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'))
@@ -64,46 +57,7 @@ function buildBase () {
   return dir
 }
 
-const CLIENT_SECRET = randomBytes(24).toString('base64url')
-const BASIC = 'Basic ' + Buffer.from(`bench:${CLIENT_SECRET}`).toString('base64')
 const TOKEN_BODY = 'grant_type=client_credentials'
-
-/** The upstream tool both gateways call (bench/servers/upstream.js), in its own process. */
-function startUpstream () {
-  return new Promise((resolve, reject) => {
-    const child = fork(join(ROOT, 'bench', 'servers', 'upstream.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-    children.push(child)
-    child.once('message', m => { resolve(`http://127.0.0.1:${m.port}`) })
-    child.once('exit', code => { reject(new Error(`upstream exited with ${code} before listening`)) })
-  })
-}
-
-async function startGateway (name, dir, upstreamUrl) {
-  const dataDir = mkdtempSync(join(tmpdir(), `tollgate-cmp-${name}-`))
-  cleanup.push(dataDir)
-  const port = await freePort()
-  const configFile = join(dataDir, 'tollgate.yaml')
-  writeFileSync(configFile, tollgateConfig(port, upstreamUrl, undefined, { priced: false }))
-  // Defaults, as bench/run.js runs them: no TOLLGATE_* variable of the caller's environment but the
-  // ones set here; the access log (stdout) to a file, as a log file or a container's pipe takes it.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TOLLGATE_')))
-  const logFd = openSync(join(dataDir, 'stdout.log'), 'w')
-  const child = spawn(process.execPath, [join(dir, 'dist', 'cli.js'), 'serve', '--config', configFile], {
-    cwd: dir,
-    env: { ...env, TOLLGATE_DATA_DIR: dataDir, TOLLGATE_SECRET: randomBytes(32).toString('base64'), BENCH_CLIENT_SECRET: CLIENT_SECRET },
-    stdio: ['ignore', logFd, 'inherit']
-  })
-  closeSync(logFd)
-  children.push(child)
-  const url = `http://127.0.0.1:${port}`
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`)
-    try { if ((await fetch(`${url}/health`)).status === 200) break } catch {}
-    if (i > 600) throw new Error(`${name} did not become healthy`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  return { name, url, child }
-}
 
 async function issueTokens (url, n) {
   const tokens = []
@@ -129,18 +83,6 @@ function cannon (opts) {
   })
 }
 
-/** CPU time a process has used so far (user + system), in microseconds, from /proc/<pid>/stat. */
-function cpuMicros (pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100) // clock ticks of 10 ms
-}
-
-function median (values) {
-  const s = [...values].sort((a, b) => a - b)
-  const m = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
-}
-
 const CALL_BODY = JSON.stringify({ tool: 'echo', arguments: { text: 'hello' } })
 
 const ALL_SCENARIOS = {
@@ -155,9 +97,12 @@ const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name
 async function main () {
   if (!existsSync(join(ROOT, 'dist', 'cli.js'))) throw new Error('build this tree first: npm run build')
   const baseDir = buildBase()
-  const upstreamUrl = await startUpstream()
-  const base = await startGateway('base', baseDir, upstreamUrl)
-  const head = await startGateway('head', ROOT, upstreamUrl)
+  const upstream = await startHelper('upstream')
+  // Defaults, as bench/run.js runs them, without the echo_priced tool (a base build from before
+  // costExpr would refuse it): the access log on, to a file.
+  const start = async (name, dir) => ({ name, ...await startTollgate(upstream.url, undefined, { dir, config: { priced: false } }) })
+  const base = await start('base', baseDir)
+  const head = await start('head', ROOT)
   for (const g of [base, head]) {
     g.tokens = await issueTokens(g.url, 'validate_uncached' in SCENARIOS ? UNCACHED : 1)
     g.results = Object.fromEntries(Object.keys(SCENARIOS).map(s => [s, []]))
@@ -194,15 +139,8 @@ async function main () {
   }
 }
 
-try {
-  await main()
-} finally {
-  for (const c of children) {
-    if (c.exitCode === null) {
-      const exited = new Promise(resolve => c.once('exit', resolve))
-      c.kill('SIGTERM')
-      await exited
-    }
-  }
-  for (const dir of cleanup) rmSync(dir, { recursive: true, force: true })
-}
+main().then(() => { stopAll() }, err => {
+  console.error(err)
+  stopAll()
+  process.exitCode = 1
+})

@@ -15,22 +15,19 @@
 //
 // It sends traffic only to 127.0.0.1 and stops by itself. Results go to stdout (and with --json,
 // to bench/results/bench-<time>.json).
-import { spawn, fork } from 'node:child_process'
-import { generateKeyPairSync, randomBytes, sign } from 'node:crypto'
+import { generateKeyPairSync, sign } from 'node:crypto'
 import { createServer as createHttpServer } from 'node:http'
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { HAPROXY_INSTALL_HINT, haproxyVersion, startHaproxy } from './haproxy.js'
 import { pacedProbe } from './paced.js'
 import { tollgateConfig } from './tollgate-config.js'
 import { freePort } from './free-port.js'
+import { BASIC, ROOT, children, cpuMicros, median, startHelper, startTollgate, stopAll, tempDirs } from './processes.js'
 import { spread } from './spread.js'
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RESULTS = join(ROOT, 'bench', 'results')
 
 const { values: args } = parseArgs({
@@ -68,93 +65,6 @@ const QUOTA_SUBJECTS = Number(args.subjects)
 const PROBE_CONNECTIONS = 64
 const PROBE_WARMUP = 1
 
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-const children = []
-// Temp dirs (Tollgate's data dir with its access log, HAProxy's config) removed at exit, if a stop
-// did not already.
-const tempDirs = []
-
-function stopAll () {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
-}
-process.on('exit', stopAll)
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => { stopAll(); process.exit(130) })
-
-/** Forks a helper server (bench/servers/*.js) and resolves with its port, sent over IPC. */
-function startHelper (name, argv = []) {
-  return new Promise((resolve, reject) => {
-    const child = fork(join(ROOT, 'bench', 'servers', `${name}.js`), argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-    children.push(child)
-    child.once('message', m => { resolve({ child, port: m.port, url: `http://127.0.0.1:${m.port}` }) })
-    child.once('exit', code => { reject(new Error(`${name} exited with ${code} before listening`)) })
-  })
-}
-
-const CLIENT_SECRET = randomBytes(24).toString('base64url')
-
-/**
- * Tollgate as shipped: `node dist/cli.js serve --config FILE`, SQLite in a temp data dir, with the
- * configuration of bench/tollgate-config.js (defaults but for the raised limits and quota);
- * `fastPath: false` writes `server.fastPath: false`. No TOLLGATE_* variable of the caller's
- * environment is passed on (it could change a default) except the ones set here. Its stdout, the
- * access log (info, the default level), goes to a file in the data dir, as a log file or a container
- * runtime's pipe would take it; the file is removed with the data dir.
- */
-async function startTollgate (upstreamUrl, issuerUrl, { profileDir, fastPath } = {}) {
-  const dataDir = mkdtempSync(join(tmpdir(), 'tollgate-bench-'))
-  tempDirs.push(dataDir)
-  const port = await freePort()
-  const configFile = join(dataDir, 'tollgate.yaml')
-  writeFileSync(configFile, tollgateConfig(port, upstreamUrl, issuerUrl, { fastPath }))
-  const accessLog = join(dataDir, 'stdout.log')
-  const logFd = openSync(accessLog, 'w')
-  const nodeArgs = profileDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TOLLGATE_')))
-  const child = spawn(process.execPath, [...nodeArgs, join(ROOT, 'dist', 'cli.js'), 'serve', '--config', configFile], {
-    env: {
-      ...env,
-      TOLLGATE_DATA_DIR: dataDir,
-      TOLLGATE_SECRET: randomBytes(32).toString('base64'),
-      BENCH_CLIENT_SECRET: CLIENT_SECRET
-    },
-    stdio: ['ignore', logFd, 'inherit']
-  })
-  closeSync(logFd)
-  children.push(child)
-  const url = `http://127.0.0.1:${port}`
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) {
-      const hint = fastPath === false ? ' (with server.fastPath: false: if the config schema rejects the key, this Tollgate predates it; run with --lanes on)' : ''
-      throw new Error(`tollgate exited with ${child.exitCode}${hint}`)
-    }
-    try {
-      if ((await fetch(`${url}/health`)).status === 200) break
-    } catch {}
-    if (i > 400) throw new Error('tollgate did not become healthy')
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  const stop = async () => {
-    if (child.exitCode === null) {
-      const exited = new Promise(resolve => child.once('exit', resolve))
-      child.kill('SIGTERM') // close-with-grace: a clean exit, so --cpu-prof writes its profile
-      await exited
-    }
-    rmSync(dataDir, { recursive: true, force: true })
-  }
-  /** Bytes Tollgate has written to stdout (its access log) so far. */
-  const logBytes = () => { try { return statSync(accessLog).size } catch { return NaN } }
-  return { child, port, url, stop, logBytes }
-}
-
-/** CPU time a process has used so far (user + system), in microseconds, from /proc/<pid>/stat. */
-function cpuMicros (pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100) // clock ticks of 10 ms
-}
-
 /** Peak resident set size of a process (VmHWM), in MiB. */
 function peakRssMiB (pid) {
   const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -164,7 +74,6 @@ function peakRssMiB (pid) {
 // ---------------------------------------------------------------------------------------------
 // Talking to Tollgate
 
-const BASIC = 'Basic ' + Buffer.from(`bench:${CLIENT_SECRET}`).toString('base64')
 const TOKEN_BODY = 'grant_type=client_credentials'
 
 async function issueToken (url) {
@@ -401,12 +310,6 @@ async function addedLatencyAtHalfLoad (ctx, peakRps) {
   }
 }
 
-function median (values) {
-  const s = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2
-}
-
 function summarise (samples) {
   return {
     rps: median(samples.map(s => s.rps)),
@@ -478,7 +381,7 @@ async function profileValidate (ctx) {
   // The one Tollgate started for measuring is stopped; a second one runs under --cpu-prof.
   mkdirSync(RESULTS, { recursive: true })
   const dir = mkdtempSync(join(RESULTS, 'cpuprof-'))
-  const tollgate = await startTollgate(ctx.upstream.url, ctx.issuer.url, { profileDir: dir })
+  const tollgate = await startTollgate(ctx.upstream.url, ctx.issuer.url, { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${dir}`] })
   const token = await issueToken(tollgate.url)
   const request = args['profile-call']
     ? { method: 'POST', path: '/call', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: CALL_BODY }
@@ -511,7 +414,7 @@ async function main () {
   for (const lane of LANES) {
     let tollgate
     try {
-      tollgate = await startTollgate(upstream.url, ctx.issuer.url, { fastPath: lane === 'off' ? false : undefined })
+      tollgate = await startTollgate(upstream.url, ctx.issuer.url, { config: { fastPath: lane === 'off' ? false : undefined } })
     } catch (err) {
       // --lanes both against a Tollgate whose config schema has no server.fastPath yet: measure the
       // defaults alone and say so, rather than stop.

@@ -219,10 +219,10 @@ const DURATION_PATHS = [
 
 /**
  * `keys.publishAhead`, or by default the JWKS cache lifetime plus two key reloads and 30 s: a new key
- * is in every cached JWKS before any replica signs with it. `reloadInterval` in seconds.
+ * is in every cached JWKS before any replica signs with it.
  */
-export function publishAhead (keys: Config['keys'], reloadInterval = keys.reloadInterval): number {
-  return keys.publishAhead ?? keys.jwksMaxAge + 2 * reloadInterval + 30
+export function publishAhead (keys: Config['keys']): number {
+  return keys.publishAhead ?? keys.jwksMaxAge + 2 * keys.reloadInterval + 30
 }
 
 export interface LoadOptions {

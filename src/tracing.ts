@@ -72,13 +72,14 @@ export interface Outcome {
 
 /** The OpenTelemetry SDK's parts Tracing is built from, imported when tracing is on. */
 async function loadSdk () {
-  const [core, exporter, resources, trace] = await Promise.all([
+  const [{ W3CTraceContextPropagator }, { OTLPTraceExporter }, { defaultResource, resourceFromAttributes }, sdk] = await Promise.all([
     import('@opentelemetry/core'),
     import('@opentelemetry/exporter-trace-otlp-http'),
     import('@opentelemetry/resources'),
     import('@opentelemetry/sdk-trace')
   ])
-  return { ...core, ...exporter, ...resources, ...trace }
+  const { AlwaysOnSampler, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider } = sdk
+  return { W3CTraceContextPropagator, OTLPTraceExporter, defaultResource, resourceFromAttributes, AlwaysOnSampler, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider }
 }
 type Sdk = Awaited<ReturnType<typeof loadSdk>>
 

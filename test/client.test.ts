@@ -15,7 +15,7 @@ import { stringify } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { createTollgateClient, TollgateFamilyRevokedError, type TollgateClient } from '../src/client/index.js'
 import { startUpstream } from './support/upstream.js'
-import { CLIENT_SECRET, FORM, basic, client, form, tempDir, testConfig, type TestContext } from './helper.js'
+import { CLIENT_SECRET, FORM, basic, client, form, reloadEvery, tempDir, testConfig, type TestContext } from './helper.js'
 import { ROOT, ensureBuilt } from './support/process.js'
 import { tollgateInProcess } from './support/command.js'
 
@@ -45,7 +45,7 @@ async function gateway (t: TestContext, accessTtl = '5m'): Promise<Gateway> {
   }
   const configFile = join(dir, 'tollgate.yaml')
   writeFileSync(configFile, stringify(raw), { mode: 0o600 })
-  const app = await buildApp(testConfig(t, raw), { logger: false, keyReloadMs: 200 })
+  const app = await buildApp(reloadEvery(testConfig(t, raw), 200), { logger: false })
   t.teardown(() => app.close())
   await app.ready()
   const seen: Gateway['seen'] = []

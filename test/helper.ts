@@ -50,6 +50,12 @@ export function testConfig (t: TestContext, overrides: Record<string, unknown> =
   })
 }
 
+/** `config` with its key set re-read every `ms` (`keys.reloadInterval`), for tests that wait on a reload. */
+export function reloadEvery (config: Config, ms: number): Config {
+  config.keys.reloadInterval = ms / 1000
+  return config
+}
+
 export async function build (t: TestContext, config?: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = await buildApp(config ?? testConfig(t), { logger: false, ...options })
   t.teardown(() => app.close())

@@ -9,7 +9,7 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
-import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, tempDir, testConfig, type TestContext } from './helper.js'
+import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, reloadEvery, tempDir, testConfig, type TestContext } from './helper.js'
 import { jsonLines } from './support/logs.js'
 import { ROOT, ensureBuilt } from './support/process.js'
 import { run, tollgateInProcess, type Run } from './support/command.js'
@@ -118,7 +118,7 @@ t.test('retireNow: unpublished at once; the signing key (and the only key) is re
 
 t.test('CLI on SQLite: rotate --now with a rotation pending, then retire --now of the leaked key, seen by a running app', async t => {
   const { file, raw } = setup(t)
-  const app = await build(t, testConfig(t, raw), { keyReloadMs: RELOAD_MS })
+  const app = await build(t, reloadEvery(testConfig(t, raw), RELOAD_MS))
   const leaked = kidOf((await issue(app)).access_token)
   const before = await issue(app)
 
@@ -176,8 +176,8 @@ t.test('CLI on Redis: retiring the signing key reaches two running replicas with
   const keyPrefix = uniquePrefix('keys-emergency')
   t.teardown(async () => { await deletePrefix(url, keyPrefix) })
   const { file, raw } = setup(t, { redis: url, keyPrefix, timeout: '2s' })
-  const a = await build(t, testConfig(t, raw), { keyReloadMs: RELOAD_MS })
-  const b = await build(t, testConfig(t, raw), { keyReloadMs: RELOAD_MS })
+  const a = await build(t, reloadEvery(testConfig(t, raw), RELOAD_MS))
+  const b = await build(t, reloadEvery(testConfig(t, raw), RELOAD_MS))
   const leaked = a.keys.signingKey().kid
   t.equal(b.keys.signingKey().kid, leaked, 'both replicas sign with one key')
   const fromA = await issue(a)

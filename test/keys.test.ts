@@ -6,7 +6,7 @@ import t from 'tap'
 import { stringify } from 'yaml'
 import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
-import { CLIENT_SECRET_HASH, ManualClock, SECRET, build, issue, tempDir, testConfig, type TestContext } from './helper.js'
+import { CLIENT_SECRET_HASH, ManualClock, SECRET, build, issue, reloadEvery, tempDir, testConfig, type TestContext } from './helper.js'
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const kidOf = (token: string): string => JSON.parse(Buffer.from(token.split('.')[0] as string, 'base64url').toString()).kid
@@ -120,8 +120,8 @@ t.test('`tollgate keys rotate`: new tokens carry the new kid, old ones still val
   }
   const file = join(dir, 'tollgate.yaml')
   writeFileSync(file, stringify(raw))
-  const config = testConfig(t, raw)
-  const app = await build(t, config, { keyReloadMs: 60_000 })
+  const config = reloadEvery(testConfig(t, raw), 60_000)
+  const app = await build(t, config)
   const before = await issue(app)
 
   const cli = spawnSync(process.execPath, [...process.execArgv, 'src/cli.ts', 'keys', 'rotate', '--config', file], {

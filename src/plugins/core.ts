@@ -19,8 +19,6 @@ export interface CoreOptions {
   clock?: () => number
   /** A store to use instead of opening the configured one (its owner closes it). */
   store?: Store
-  /** How often the key set is re-read and rotated when due (ms); default `keys.reloadInterval`. */
-  keyReloadMs?: number
   /** How often expired records are purged (ms). */
   purgeMs?: number
   /** How often each replica checks the store for client changes made through the admin API (ms). */
@@ -63,13 +61,13 @@ export default fp<CoreOptions>(async function core (app, opts) {
 
   const { secret, generated, file } = resolveSecret(config.secret, config.dataDir)
   if (generated) app.log.warn({ file }, 'generated a key-encryption secret; set TOLLGATE_SECRET to manage it yourself (replicas must share one)')
-  const keyReloadMs = opts.keyReloadMs ?? config.keys.reloadInterval * 1000
+  const keyReloadMs = config.keys.reloadInterval * 1000
   const keys = new KeyManager({
     store,
     secret,
     algorithm: config.keys.algorithm,
     rotateAfter: config.keys.rotateAfter,
-    publishAhead: publishAhead(config.keys, keyReloadMs / 1000),
+    publishAhead: publishAhead(config.keys),
     retireGrace: config.tokens.maxLifetime + config.tokens.leeway,
     clock,
     log: app.log
