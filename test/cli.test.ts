@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET_HASH, FORM, basic, build, form, tempDir, testConfig } from './helper.js'
-import { ROOT, ensureBuilt } from './support/process.js'
+import { PRELOAD, ROOT, ensureBuilt } from './support/process.js'
 import { run, tollgateInProcess } from './support/command.js'
 import { freePort } from './support/redis.js'
 
@@ -42,7 +42,7 @@ t.test('hash-secret as docs/configuration.md pipes it: the hash authenticates th
 })
 
 t.test('tollgate openapi prints the document GET /openapi.json serves and openapi/openapi.json holds', async t => {
-  const res = await run(process.execPath, [CLI, 'openapi'])
+  const res = await run(process.execPath, [...PRELOAD, CLI, 'openapi'])
   t.equal(res.status, 0, res.stderr)
   const printed = JSON.parse(res.stdout)
   t.equal(printed.openapi, '3.1.0')
@@ -55,7 +55,7 @@ t.test('tollgate openapi prints the document GET /openapi.json serves and openap
 })
 
 t.test('tollgate --help lists every verb of CONTRACT §8 and exits 0', async t => {
-  const res = await run(process.execPath, [CLI, '--help'])
+  const res = await run(process.execPath, [...PRELOAD, CLI, '--help'])
   t.equal(res.status, 0)
   t.equal(res.stderr, '')
   for (const verb of [/^\s+serve \[--config PATH\]/m, /^\s+hash-secret\s/m, /^\s+keys list\b/m, /^\s+keys rotate\b/m, /^\s+keys retire <kid> --now\b/m, /^\s+openapi\s/m, /^\s+--help\s/m]) {
@@ -81,7 +81,7 @@ t.test('tollgate serve with TOLLGATE_CONFIG as its only environment variable use
   }), { mode: 0o600 })
   // Nothing else: no PATH, no TOLLGATE_PORT/HOST/SECRET/DATA_DIR. The port, the issuer and the
   // client exist only in the file.
-  const child = spawn(process.execPath, [CLI, 'serve'], { cwd: dir, env: { TOLLGATE_CONFIG: file }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...PRELOAD, CLI, 'serve'], { cwd: dir, env: { TOLLGATE_CONFIG: file }, stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
   let out = ''
   await new Promise<void>((resolve, reject) => {

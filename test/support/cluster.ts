@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { Agent, Headers, fetch, type RequestInit, type Response } from 'undici'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET, CLIENT_SECRET_HASH, SECRET, basic, client, tempDir, type TestContext } from '../helper.js'
-import { CLI, ROOT, ensureBuilt, startGateway, type Gateway } from './process.js'
+import { CLI, PRELOAD, ROOT, ensureBuilt, startGateway, type Gateway } from './process.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './redis.js'
 import type { Skippable } from './skip.js'
 
@@ -154,7 +154,7 @@ export async function startCluster (t: Skippable, options: ClusterOptions = {}):
 
   // Asynchronous on purpose: a blocked event loop would let kept-alive sockets go stale unnoticed.
   const cli: Cluster['cli'] = async (args) => {
-    const child = spawn(process.execPath, [CLI, ...args, '--config', configFile], {
+    const child = spawn(process.execPath, [...PRELOAD, CLI, ...args, '--config', configFile], {
       cwd: dir,
       env: { ...baseEnv, TOLLGATE_DATA_DIR: join(dir, 'cli') },
       stdio: ['ignore', 'pipe', 'pipe'],

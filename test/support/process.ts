@@ -7,7 +7,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { chmodSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { TestContext } from '../helper.js'
 import { freePort } from './redis.js'
 
@@ -15,6 +15,12 @@ export { freePort }
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
 export const CLI = join(ROOT, 'dist', 'cli.js')
+/**
+ * Node arguments for every `node dist/cli.js` a test spawns: loads test/support/preload.mjs first,
+ * which spares a process the cost of tap's module hooks on the app's ES-module packages on Node 20
+ * (the figures are in that file); the same modules load, only earlier.
+ */
+export const PRELOAD = ['--import', pathToFileURL(join(ROOT, 'test', 'support', 'preload.mjs')).href]
 
 function newestMtime (dir: string): number {
   let newest = 0
@@ -91,7 +97,7 @@ export async function startGateway (t: TestContext, options: GatewayOptions): Pr
   ensureBuilt()
   const name = options.name ?? 'gateway'
   const port = await freePort()
-  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), CLI, 'serve', ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [...PRELOAD, ...(options.nodeArgs ?? []), CLI, 'serve', ...(options.args ?? [])], {
     cwd: options.cwd,
     env: { PATH: process.env.PATH ?? '', TOLLGATE_PORT: String(port), TOLLGATE_HOST: '127.0.0.1', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe']
