@@ -52,7 +52,7 @@ t.test('the shared compilers answer exactly as Fastify\'s own, for valid and ref
   t.same(ok.json(), { name: 'ab', n: 3, shared: { code: 'x' } })
 })
 
-t.test('one compiled serializer per schema object and shared schemas; a different set compiles its own', async t => {
+t.test('one compiled serializer per schema text and shared schemas; a different set compiles its own', async t => {
   const { buildSerializer } = sharedCompilers.compilersFactory
   const externals = { Shared }
   const first = buildSerializer(externals, {})
@@ -61,11 +61,32 @@ t.test('one compiled serializer per schema object and shared schemas; a differen
   const route = { schema: Answer, method: 'POST', url: '/a', httpStatus: '200' }
   const serialize = first(route)
   t.equal(first({ ...route, url: '/b' }), serialize, 'the same schema object: compiled once')
+  t.equal(first({ ...route, schema: structuredClone(Answer) }), serialize, 'another object with the same content (as each app builds its own): compiled once')
   t.equal(serialize({ name: 'n', n: 1, shared: { code: 'c' }, more: 1 }), '{"name":"n","n":1,"shared":{"code":"c"}}')
   const other = buildSerializer({ Shared: { ...Shared, properties: { code: Type.Integer() } } }, {})
   t.not(other, first, 'other shared schemas: another pool')
   t.equal(other(route)({ name: 'n', n: 1, shared: { code: 7 } }), '{"name":"n","n":1,"shared":{"code":7}}')
-  t.not(first({ ...route, schema: Type.Object({ name: Type.String() }) }), serialize, 'another schema object: compiled for itself')
+  const narrower = first({ ...route, schema: Type.Object({ name: Type.String() }) })
+  t.not(narrower, serialize, 'another schema: compiled for itself')
+  t.equal(narrower({ name: 'n', n: 1 }), '{"name":"n"}')
+})
+
+t.test('one compiled validator per schema text; the same text in another object is the same validator', async t => {
+  const { buildValidator } = sharedCompilers.compilersFactory
+  const options = { customOptions: { coerceTypes: false, removeAdditional: true } }
+  const compile = buildValidator({ Shared }, options)
+  t.equal(buildValidator({ Shared }, { customOptions: { coerceTypes: false, removeAdditional: true } }), compile, 'equal shared schemas and options: the same pool')
+  const validate = compile({ schema: Body, method: 'POST', url: '/a', httpPart: 'body' })
+  t.equal(compile({ schema: structuredClone(Body), method: 'PUT', url: '/b', httpPart: 'body' }), validate, 'the same content in another object: compiled once')
+  t.equal(validate({ name: 'ab', n: 1 }), true)
+  t.equal(validate({ name: 'a' }), false, 'minLength holds')
+  const stricter = compile({ schema: Type.Object({ name: Type.String({ minLength: 3 }) }), method: 'POST', url: '/a', httpPart: 'body' })
+  t.not(stricter, validate, 'a schema that differs only in a limit: compiled for itself')
+  t.equal(stricter({ name: 'ab' }), false)
+  t.equal(validate({ name: 'ab' }), true, 'and the first still answers by its own limit')
+  const coercing = buildValidator({ Shared }, { customOptions: { coerceTypes: true } })
+  t.not(coercing, compile, 'other options: another pool')
+  t.equal(coercing({ schema: Type.Object({ n: Type.Integer() }), httpPart: 'querystring' })({ n: '3' }), true, 'that pool coerces')
 })
 
 t.test('a second Tollgate app in the process compiles less than the first, and answers alike', async t => {
