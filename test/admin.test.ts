@@ -10,8 +10,7 @@ import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { FORM, ManualClock, SECRET, basic, client, form, tempDir } from './helper.js'
 import { captureLog } from './support/logs.js'
-import { CLI, PRELOAD, ROOT, ensureBuilt } from './support/process.js'
-import { run, type Run } from './support/command.js'
+import { runTollgate, type Run } from './support/command.js'
 import { startApp, startUpstream } from './call-helper.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
@@ -249,10 +248,9 @@ t.test('config clients are listed but read-only: 409 client_from_config', { skip
 })
 
 
-const cli = async (args: string[], env: Record<string, string>): Promise<Run> => await run(process.execPath, [...PRELOAD, CLI, ...args], { env: { PATH: process.env.PATH ?? '', ...env } })
+const cli = async (args: string[], env: Record<string, string>): Promise<Run> => await runTollgate(args, { env: { PATH: process.env.PATH ?? '', ...env } })
 
 t.test('tollgate usage export writes the ledger as CSV and JSONL from the configured store (the real CLI)', async t => {
-  ensureBuilt()
   const dir = tempDir(t)
   const file = join(dir, 'tollgate.yaml')
   // JSON is YAML: the config file the CLI and the app both read, on one SQLite file.

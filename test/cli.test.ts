@@ -7,11 +7,10 @@ import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET_HASH, FORM, basic, build, form, tempDir, testConfig } from './helper.js'
-import { PRELOAD, ROOT, ensureBuilt } from './support/process.js'
-import { run, tollgateInProcess } from './support/command.js'
+import { CLI, PRELOAD, ROOT, ensureBuilt } from './support/process.js'
+import { run, runTollgate, tollgateInProcess } from './support/command.js'
 import { freePort } from './support/redis.js'
 
-const CLI = join(ROOT, 'dist', 'cli.js')
 ensureBuilt()
 
 
@@ -42,7 +41,7 @@ t.test('hash-secret as docs/configuration.md pipes it: the hash authenticates th
 })
 
 t.test('tollgate openapi prints the document GET /openapi.json serves and openapi/openapi.json holds', async t => {
-  const res = await run(process.execPath, [...PRELOAD, CLI, 'openapi'])
+  const res = await runTollgate(['openapi'])
   t.equal(res.status, 0, res.stderr)
   const printed = JSON.parse(res.stdout)
   t.equal(printed.openapi, '3.1.0')
@@ -55,7 +54,7 @@ t.test('tollgate openapi prints the document GET /openapi.json serves and openap
 })
 
 t.test('tollgate --help lists every verb of CONTRACT §8 and exits 0', async t => {
-  const res = await run(process.execPath, [...PRELOAD, CLI, '--help'])
+  const res = await runTollgate(['--help'])
   t.equal(res.status, 0)
   t.equal(res.stderr, '')
   for (const verb of [/^\s+serve \[--config PATH\]/m, /^\s+hash-secret\s/m, /^\s+keys list\b/m, /^\s+keys rotate\b/m, /^\s+keys retire <kid> --now\b/m, /^\s+openapi\s/m, /^\s+--help\s/m]) {

@@ -11,8 +11,7 @@ import { KeyManager } from '../src/keys/index.js'
 import { SqliteStore } from '../src/store/sqlite.js'
 import { CLIENT_SECRET_HASH, FORM, ManualClock, SECRET, build, form, basic, issue, reloadEvery, tempDir, testConfig, type TestContext } from './helper.js'
 import { jsonLines } from './support/logs.js'
-import { PRELOAD, ROOT, ensureBuilt } from './support/process.js'
-import { run, tollgateInProcess, type Run } from './support/command.js'
+import { runTollgate, tollgateInProcess, type Run } from './support/command.js'
 import { deletePrefix, testRedisUrl, uniquePrefix } from './support/redis.js'
 
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
@@ -29,8 +28,7 @@ async function keyManager (t: TestContext, clock: ManualClock): Promise<KeyManag
 
 /** Runs the real `tollgate` command (dist/cli.js, built when stale). */
 async function cli (args: string[]): Promise<Run> {
-  ensureBuilt()
-  return await run(process.execPath, [...PRELOAD, join(ROOT, 'dist', 'cli.js'), ...args], { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
+  return await runTollgate(args, { env: { ...process.env, TOLLGATE_SECRET: SECRET } })
 }
 
 function auditLines (stderr: string): Array<Record<string, any>> {

@@ -13,8 +13,8 @@
 // (route, method and status only name the route in error messages), so an app sees exactly what its
 // own compilers would have built. Tollgate's schemas are JSON (TypeBox 1.x keeps its markers in
 // string keys, which the text includes).
-import AjvCompiler, { type ValidatorFactory, type ValidatorCompiler } from '@fastify/ajv-compiler'
-import { SerializerSelector, type SerializerCompiler, type SerializerFactory } from '@fastify/fast-json-stringify-compiler'
+import AjvCompiler, { type ValidatorFactory } from '@fastify/ajv-compiler'
+import { SerializerSelector, type SerializerFactory } from '@fastify/fast-json-stringify-compiler'
 
 /** `compile` once per distinct schema text; a route whose schema is no object is compiled as is. */
 function bySchemaText<R extends { schema?: unknown }, F> (compile: (route: R) => F): (route: R) => F {
@@ -45,8 +45,8 @@ function pooled<E, O, R extends { schema?: unknown }, F> (make: (externalSchemas
   }
 }
 
-const buildValidator: ValidatorFactory = pooled<Parameters<ValidatorFactory>[0], Parameters<ValidatorFactory>[1], Parameters<ValidatorCompiler>[0], ReturnType<ValidatorCompiler>>(AjvCompiler())
-const buildSerializer: SerializerFactory = pooled<Parameters<SerializerFactory>[0], Parameters<SerializerFactory>[1], Parameters<SerializerCompiler>[0], ReturnType<SerializerCompiler>>(SerializerSelector())
+const buildValidator: ValidatorFactory = pooled(AjvCompiler())
+const buildSerializer: SerializerFactory = pooled(SerializerSelector())
 
 /** Fastify's `schemaController` option: its default compilers, pooled for the process. */
 export const sharedCompilers = { compilersFactory: { buildValidator, buildSerializer } }

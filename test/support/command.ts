@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process'
 import { main } from '../../src/commands.js'
 import { SECRET } from '../helper.js'
-import { ROOT } from './process.js'
+import { CLI, PRELOAD, ROOT, ensureBuilt } from './process.js'
 
 export interface Run { status: number | null, stdout: string, stderr: string }
 
@@ -23,6 +23,12 @@ export async function run (file: string, args: string[], options: { env?: NodeJS
     child.once('close', code => { resolve(code) })
   })
   return { status, stdout, stderr }
+}
+
+/** The built `tollgate` command (dist/cli.js, rebuilt first when stale) run to its end, as `run` runs a program. */
+export async function runTollgate (args: string[], options: Parameters<typeof run>[2] = {}): Promise<Run> {
+  ensureBuilt()
+  return await run(process.execPath, [...PRELOAD, CLI, ...args], options)
 }
 
 export async function tollgateInProcess (args: string[]): Promise<{ status: number, stdout: string, stderr: string }> {
