@@ -1,9 +1,11 @@
 // Durability under kill -9 (SQLite store): a real gateway process under load is SIGKILLed mid-load
 // and restarted on the same data directory. Every answer it gave before dying must hold afterwards:
-// every rotated refresh token stays dead, every revocation holds, every call answered 200 was charged.
+// every rotated refresh token stays dead, every revocation holds, every call answered 200 was charged,
+// and the usage ledger holds exactly one charge line per unit charged (no line lost, none twice).
 import { once } from 'node:events'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
 import t from 'tap'
 import { stringify } from 'yaml'
 import { CLIENT_SECRET_HASH, FORM, SECRET, basic, tempDir } from './helper.js'
@@ -111,4 +113,11 @@ t.test('answers given before a kill -9 hold after the restart', async t => {
   const quota = await (await fetch(`${second.url}/quota`, { headers: { authorization: `Bearer ${bearer}` } })).json() as { used: number }
   t.ok(quota.used >= callsAnswered, `every call answered 200 was charged (${quota.used} charged, ${callsAnswered} answered)`)
   t.ok(quota.used <= callsStarted, 'and nothing beyond the calls made')
+  // Each charge's ledger line is written in the charge's own transaction (SqliteStore's group
+  // commit), so a kill cannot keep one without the other. Read the file as an auditor would.
+  const db = new Database(join(dir, 'data', 'tollgate.db'), { readonly: true })
+  t.teardown(() => db.close())
+  const charged = db.prepare("SELECT count(*) AS n, coalesce(sum(amount), 0) AS total FROM ledger WHERE kind = 'charge'").get() as { n: number, total: number }
+  t.equal(charged.total, quota.used, `the ledger's charge lines add up to the usage after the kill (${charged.n} lines)`)
+  t.equal(charged.n, quota.used, 'one line per call (cost 1)')
 })
