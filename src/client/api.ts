@@ -405,7 +405,7 @@ export interface paths {
         };
         /**
          * Page through the usage ledger
-         * @description Lines in the order they were written: every charge, refund, settlement, credit and reset. Filter by `sub` and `since`; follow `next` (as `after`) until it is null.
+         * @description Lines in the order they were written: every charge, refund, settlement, credit and reset. Filter by `sub` and `since`; follow `next` (as `after`) until it is null: one call examines a bounded number of lines, so a filtered page may be short or empty and still have a `next`.
          */
         get: operations["adminListLedger"];
         put?: never;

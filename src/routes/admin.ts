@@ -159,7 +159,7 @@ export default async function adminRoutes (app: FastifyInstance): Promise<void> 
       operationId: 'adminListLedger',
       tags: ['admin'],
       summary: 'Page through the usage ledger',
-      description: 'Lines in the order they were written: every charge, refund, settlement, credit and reset. Filter by `sub` and `since`; follow `next` (as `after`) until it is null.',
+      description: 'Lines in the order they were written: every charge, refund, settlement, credit and reset. Filter by `sub` and `since`; follow `next` (as `after`) until it is null: one call examines a bounded number of lines, so a filtered page may be short or empty and still have a `next`.',
       security: adminSecurity,
       querystring: LedgerQuery,
       response: { 200: response('One page of the ledger', LedgerPageSchema), 400: problem('A malformed request'), ...adminErrors }
