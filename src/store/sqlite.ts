@@ -7,13 +7,16 @@ import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
 import type { Balance, CounterResult, CounterTake, IdempotencyClaim, IdempotentAnswer, KeyRecord, LedgerEntry, LedgerPage, LedgerQuery, QuotaResult, RefreshFamily, Revocation, RevocationPage, RotateResult, Store, StoredClient } from './index.js'
 
-// The ledger has no index besides `seq`: every charge writes a line, and the `(sub, seq)` index it
-// had cost more than the line itself (4 to 35 µs per charge, more the more subjects, since each line
-// lands at a random place in it: bench/README.md, "The usage ledger's cost"), while the one query
-// that reads the ledger (listLedger: `seq > ?` in seq order, `sub` and `since` as filters) never used
-// it. Files made earlier lose it when opened. `seq` keeps AUTOINCREMENT (about 1 µs per charge): an
-// operator may trim exported lines (docs/admin.md), and a sequence that restarted after the newest
-// were deleted would make a cursor held by an exporter skip new lines.
+// The ledger is one rowid table, `seq` in append order, with nothing else written per line: every
+// charge writes one, in the charge's own transaction, and each extra B-tree is one more page in
+// every commit. The `(sub, seq)` index it had cost more than the line itself (4 to 35 µs per charge,
+// more the more subjects, since each line lands at a random place in it) while the one query that
+// reads the ledger (listLedger: `seq > ?` in order, `sub` and `since` as filters) never used it; and
+// AUTOINCREMENT's sqlite_sequence row cost about 4 µs more (bench/README.md, "The usage ledger's
+// cost"). What AUTOINCREMENT guaranteed is kept another way: a new line's seq is above every line's
+// and above every cursor ever handed out (meta 'ledger_cursor', written by listLedger, a rare admin
+// read), so an operator who trims the newest lines cannot make a held cursor skip new ones.
+// Files made earlier lose the index when opened and keep AUTOINCREMENT (the same order, its cost).
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS keys (
   kid TEXT PRIMARY KEY, alg TEXT NOT NULL, public_jwk TEXT NOT NULL, private_enc TEXT NOT NULL,
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS credits (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS credits_expiry ON credits (expires_at);
 CREATE TABLE IF NOT EXISTS ledger (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, sub TEXT NOT NULL, client_id TEXT,
+  seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, sub TEXT NOT NULL, client_id TEXT,
   tool TEXT, kind TEXT NOT NULL, amount INTEGER NOT NULL, request_id TEXT
 );
 DROP INDEX IF EXISTS ledger_sub;
@@ -162,7 +165,11 @@ export class SqliteStore implements Store {
         ON CONFLICT (sub, window_ms, window_start) DO UPDATE SET amount = amount + excluded.amount RETURNING amount`).pluck(),
       resetQuota: db.prepare('UPDATE quota SET used = 0 WHERE sub = ? AND window_ms = ? AND window_start = ?'),
       purgeCredits: db.prepare('DELETE FROM credits WHERE (sub, window_ms, window_start) IN (SELECT sub, window_ms, window_start FROM credits WHERE expires_at <= ? LIMIT ?)'),
-      appendLedger: db.prepare('INSERT INTO ledger (ts, sub, client_id, tool, kind, amount, request_id) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      appendLedger: db.prepare(`INSERT INTO ledger (seq, ts, sub, client_id, tool, kind, amount, request_id)
+        VALUES (max(coalesce((SELECT max(seq) FROM ledger), 0), coalesce((SELECT value FROM meta WHERE name = 'ledger_cursor'), 0)) + 1,
+          ?, ?, ?, ?, ?, ?, ?)`),
+      keepLedgerCursor: db.prepare(`INSERT INTO meta (name, value) VALUES ('ledger_cursor', ?)
+        ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)`),
       listLedger: db.prepare(`SELECT seq, ts, sub, client_id, tool, kind, amount, request_id FROM ledger
         WHERE seq > @after AND seq <= @upto AND (@sub IS NULL OR sub = @sub) AND ts >= @since ORDER BY seq LIMIT @limit`),
       firstLedgerSeq: db.prepare('SELECT min(seq) FROM ledger WHERE seq > ?').pluck(),
@@ -387,6 +394,7 @@ export class SqliteStore implements Store {
     let next: string | undefined
     if (rows.length === query.limit && last !== undefined) next = String(last.seq)
     else if ((this.#stmt.lastLedgerSeq.get() as number) > upto) next = String(upto)
+    if (next !== undefined) this.#stmt.keepLedgerCursor.run(Number(next))
     return {
       entries: rows.map(r => ({ ts: r.ts, sub: r.sub, clientId: r.client_id, tool: r.tool, kind: r.kind, amount: r.amount, requestId: r.request_id })),
       next
