@@ -4,6 +4,7 @@
 // order, and new lines follow its last one. A page examines a bounded number of lines, and the
 // sequence does not restart when an operator deletes the newest lines. Real files, opened by
 // better-sqlite3 directly to read or change them as an operator would.
+import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import t from 'tap'
@@ -129,4 +130,51 @@ t.test('lines trimmed by an operator: no empty pages for them, and the sequence 
   db2.close()
   await store.appendLedger([line(20, 'mona')])
   t.same(await store.listLedger({ limit: 10 }), { entries: [line(20, 'mona')], next: undefined }, 'one page, no empty ones for the trimmed')
+})
+
+t.test('group commit: after a shared commit, charges over three turns of the loop share one; a lone caller does not wait', async t => {
+  const file = join(tempDir(t), 'tollgate.db')
+  const store = SqliteStore.open(file)
+  t.teardown(() => store.close())
+  const W = 60_000
+  const charge = async (): Promise<unknown> => await store.consumeQuota('s', 0, W, 1_000_000, 1)
+  const turn = async (): Promise<void> => { await new Promise(resolve => setImmediate(resolve)) }
+  // WAL frames: each commit appends the pages it wrote (here the quota row's one page) to the WAL.
+  const wal = (): number => statSync(`${file}-wal`).size
+  await charge() // the row exists: a later charge rewrites one page
+  await Promise.all([charge(), charge()]) // a batch of two: the next charge waits for company
+  let before = wal()
+  const spread = [charge()]
+  await turn()
+  spread.push(charge())
+  await turn()
+  spread.push(charge())
+  const results = await Promise.all(spread)
+  t.same(results.map(r => (r as { granted: boolean }).granted), [true, true, true])
+  const frame = 24 + 4096
+  t.equal(wal() - before, frame, 'three charges in three turns: one commit, one WAL frame')
+
+  // The last commit held three; one caller alone next commits at once, then is alone again.
+  await charge()
+  before = wal()
+  const first = charge()
+  await turn()
+  const second = charge()
+  await Promise.all([first, second])
+  t.equal(wal() - before, 2 * frame, 'alone last time: committed in its first turn, before the second caller came')
+  t.equal(await store.getQuota('s', 0, W), 9, 'every charge once')
+})
+
+t.test('close() commits the charges still waiting for their turn', async t => {
+  const file = join(tempDir(t), 'tollgate.db')
+  const store = SqliteStore.open(file)
+  const W = 60_000
+  await Promise.all([store.consumeQuota('s', 0, W, 10, 1), store.consumeQuota('s', 0, W, 10, 1)])
+  const waiting = store.consumeQuota('s', 0, W, 10, 1, line(1, 's'))
+  await store.close()
+  t.match(await waiting, { granted: true, used: 3, recorded: true })
+  const reopened = SqliteStore.open(file)
+  t.teardown(() => reopened.close())
+  t.equal(await reopened.getQuota('s', 0, W), 3, 'in the file')
+  t.equal((await reopened.listLedger({ limit: 10 })).entries.length, 1, 'with its ledger line')
 })
