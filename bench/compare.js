@@ -9,13 +9,14 @@
 //   validate_repeat    GET /validate, one token repeated
 //   token_issue        POST /token, client_credentials with HTTP Basic
 //   call               POST /call to the echo tool, charged to the client's quota (cost 1)
+//   call_idempotent    the same with a fresh Idempotency-Key on every request (not in the default set)
 // It prints req/s and server CPU µs per request for each round, the medians, and this tree's
 // median over the base's (for CPU: the base's over this tree's, so above 1 is better either way),
 // with the median of the per-round ratios (each round's pair ran back to back).
 //
 //   npm run build && node bench/compare.js [--base-ref main] [--base-dir DIR] [--rounds 4]
 //        [--duration 5] [--connections 50] [--uncached-tokens 12000]
-//        [--only validate_uncached,validate_repeat,token_issue,call]
+//        [--only validate_uncached,validate_repeat,token_issue,call,call_idempotent]
 //
 // Traffic goes to 127.0.0.1 only; the temporary build and data folders are removed at the end.
 import { execFileSync } from 'node:child_process'
@@ -91,10 +92,19 @@ const ALL_SCENARIOS = {
   validate_uncached: g => ({ url: g.url, ...spread(g.tokens.map(token => ({ method: 'GET', path: '/validate', headers: { authorization: `Bearer ${token}` } })), CONNECTIONS) }),
   validate_repeat: g => ({ url: `${g.url}/validate`, headers: { authorization: `Bearer ${g.tokens[0]}` } }),
   token_issue: g => ({ url: `${g.url}/token`, method: 'POST', headers: { authorization: BASIC, 'content-type': 'application/x-www-form-urlencoded' }, body: TOKEN_BODY }),
-  call: g => ({ url: `${g.url}/call`, method: 'POST', headers: { authorization: `Bearer ${g.tokens[0]}`, 'content-type': 'application/json' }, body: CALL_BODY })
+  call: g => ({ url: `${g.url}/call`, method: 'POST', headers: { authorization: `Bearer ${g.tokens[0]}`, 'content-type': 'application/json' }, body: CALL_BODY }),
+  // A fresh Idempotency-Key on every request: each claims its key, is charged, and keeps its answer.
+  call_idempotent: g => {
+    const headers = { authorization: `Bearer ${g.tokens[0]}`, 'content-type': 'application/json' }
+    const run = `${process.pid}-${++idempotentRuns}`
+    let n = 0
+    return { url: g.url, requests: [{ method: 'POST', path: '/call', body: CALL_BODY, setupRequest: req => ({ ...req, headers: { ...headers, 'idempotency-key': `compare-${run}-${++n}` } }) }] }
+  }
 }
+let idempotentRuns = 0
 
-const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name]) => args.only === undefined || args.only.split(',').includes(name)))
+const DEFAULT_SET = ['validate_uncached', 'validate_repeat', 'token_issue', 'call']
+const SCENARIOS = Object.fromEntries(Object.entries(ALL_SCENARIOS).filter(([name]) => (args.only?.split(',') ?? DEFAULT_SET).includes(name)))
 
 async function main () {
   if (!existsSync(join(ROOT, 'dist', 'cli.js'))) throw new Error('build this tree first: npm run build')

@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 const COUNTER_FLUSH_MS = 1000
 /**
- * Turns of the event loop a charge waits for others to share its commit, when the last commit was
+ * Turns of the event loop a write waits for others to share its commit, when the last commit was
  * shared (setImmediate each; an idle loop turns in microseconds). Each commit writes its pages as new
  * WAL frames and takes the file's locks. Measured on POST /call at defaults, 10 connections
  * (bench/README.md, "Group commit"): 2 turns 1.18 times 1, 3 turns 1.08 times 2, 4 the same as 3.
@@ -132,8 +132,8 @@ function toFamily (row: FamilyRow): RefreshFamily {
   return family
 }
 
-/** A quota charge waiting for the next group commit. */
-interface Charge { sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line: LedgerEntry | undefined, resolve: (r: QuotaResult) => void, reject: (e: unknown) => void }
+/** A write waiting for the next group commit: a charge, or an idempotency claim, answer or release. */
+interface PendingWrite { run: () => unknown, resolve: (value: any) => void, reject: (e: unknown) => void }
 
 /** A quota window's key in the balance memory: unambiguous for any subject, the two numbers end it. */
 function balanceKey (sub: string, windowStart: number, windowMs: number): string {
@@ -146,13 +146,13 @@ export class SqliteStore implements Store {
   readonly #stmt
   readonly #counters = new Map<string, { windowStart: number, expiresAt: number, count: number, pending: number }>()
   #flushTimer: NodeJS.Timeout | undefined
-  #charges: Charge[] = []
-  /** Charges in the last group commit. */
+  #writes: PendingWrite[] = []
+  /** Writes in the last group commit. */
   #lastBatch = 0
   /** Window (balanceKey) → its usage and credits as this process last read or wrote them. */
   readonly #balances = new Map<string, Balance & { at: number }>()
   /** The group commit's transaction, built once (better-sqlite3 builds a wrapper per transaction() call). */
-  readonly #chargeBatch: Database.Transaction<(batch: Charge[]) => QuotaResult[]>
+  readonly #writeBatch: Database.Transaction<(batch: PendingWrite[]) => unknown[]>
 
   private constructor (db: Database.Database) {
     this.#db = db
@@ -229,26 +229,7 @@ export class SqliteStore implements Store {
       purgeIdem: db.prepare('DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ? LIMIT ?)'),
       ping: db.prepare('SELECT 1').pluck()
     }
-    this.#chargeBatch = db.transaction((batch: Charge[]) => batch.map((c): QuotaResult => {
-      // A first insert is not checked by the upsert's WHERE: a cost above the limit is checked
-      // here, against the limit plus the window's credits.
-      // Read once: nothing else writes inside this transaction.
-      const credits = this.#credits(c.sub, c.windowStart, c.windowMs)
-      const used = c.cost > c.limit + credits
-        ? undefined
-        : this.#stmt.consume.get(c.sub, c.windowMs, c.windowStart, c.cost, c.windowStart + c.windowMs, c.limit) as number | undefined
-      const result: QuotaResult = used !== undefined
-        ? { granted: true, used }
-        : { granted: false, used: (this.#stmt.getQuota.get(c.sub, c.windowMs, c.windowStart) as number | undefined) ?? 0 }
-      if (credits > 0) result.credits = credits
-      this.#remember(balanceKey(c.sub, c.windowStart, c.windowMs), result.used, credits)
-      if (result.granted && c.line !== undefined) {
-        const e = c.line
-        this.#stmt.appendLedger.run(e.ts, e.sub, e.clientId, e.tool, e.kind, e.amount, e.requestId)
-        result.recorded = true
-      }
-      return result
-    }))
+    this.#writeBatch = db.transaction((batch: PendingWrite[]) => batch.map(w => w.run()))
   }
 
   static open (file: string): SqliteStore {
@@ -296,36 +277,63 @@ export class SqliteStore implements Store {
     }).immediate()
   }
 
-  // Group commit: charges that arrive within COMMIT_TURNS turns of the event loop run as one
-  // IMMEDIATE transaction. Each is still its own conditional upsert, checked by SQLite in order
-  // (exact under any concurrency, across processes too), and no caller hears "granted" before the
-  // commit that makes its charge durable; the batch only saves WAL commits on the hot path.
-  async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line?: LedgerEntry): Promise<QuotaResult> {
+  // Group commit: the hot path's writes (charges, and an Idempotency-Key's claim, kept answer or
+  // release) that arrive within COMMIT_TURNS turns of the event loop run in order as one IMMEDIATE
+  // transaction. Each is still its own statements, checked by SQLite in order (exact under any
+  // concurrency, across processes too), and no caller hears its result before the commit that makes
+  // it durable; the batch only saves WAL commits. A write that fails fails the batch: every write in
+  // it is rolled back and rejected (only the file failing can make these statements throw).
+  async #write<T> (run: () => T): Promise<T> {
     return await new Promise((resolve, reject) => {
-      this.#charges.push({ sub, windowStart, windowMs, limit, cost, line, resolve, reject })
+      this.#writes.push({ run, resolve, reject })
       // Alone last time: likely alone now, so it waits no turn for nobody (a caller alone would
       // only pay the loop's extra polls).
-      if (this.#charges.length === 1) this.#commitAfter(this.#lastBatch > 1 ? COMMIT_TURNS : 1)
+      if (this.#writes.length === 1) this.#commitAfter(this.#lastBatch > 1 ? COMMIT_TURNS : 1)
     })
   }
 
   #commitAfter (turns: number): void {
-    setImmediate(() => { if (turns > 1) this.#commitAfter(turns - 1); else this.#commitCharges() })
+    setImmediate(() => { if (turns > 1) this.#commitAfter(turns - 1); else this.#commitWrites() })
   }
 
-  #commitCharges (): void {
-    const batch = this.#charges
+  #commitWrites (): void {
+    const batch = this.#writes
     if (batch.length === 0) return // committed by close()
-    this.#charges = []
+    this.#writes = []
     this.#lastBatch = batch.length
-    let results: QuotaResult[]
+    let results: unknown[]
     try {
-      results = this.#chargeBatch.immediate(batch)
+      results = this.#writeBatch.immediate(batch)
     } catch (err) {
-      for (const c of batch) c.reject(err)
+      for (const w of batch) w.reject(err)
       return
     }
-    batch.forEach((c, i) => { c.resolve(results[i] as QuotaResult) })
+    batch.forEach((w, i) => { w.resolve(results[i]) })
+  }
+
+  async consumeQuota (sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line?: LedgerEntry): Promise<QuotaResult> {
+    return await this.#write(() => this.#charge(sub, windowStart, windowMs, limit, cost, line))
+  }
+
+  // In the group commit's transaction.
+  #charge (sub: string, windowStart: number, windowMs: number, limit: number, cost: number, line: LedgerEntry | undefined): QuotaResult {
+    // A first insert is not checked by the upsert's WHERE: a cost above the limit is checked
+    // here, against the limit plus the window's credits.
+    // Read once: nothing else writes inside this transaction.
+    const credits = this.#credits(sub, windowStart, windowMs)
+    const used = cost > limit + credits
+      ? undefined
+      : this.#stmt.consume.get(sub, windowMs, windowStart, cost, windowStart + windowMs, limit) as number | undefined
+    const result: QuotaResult = used !== undefined
+      ? { granted: true, used }
+      : { granted: false, used: (this.#stmt.getQuota.get(sub, windowMs, windowStart) as number | undefined) ?? 0 }
+    if (credits > 0) result.credits = credits
+    this.#remember(balanceKey(sub, windowStart, windowMs), result.used, credits)
+    if (result.granted && line !== undefined) {
+      this.#stmt.appendLedger.run(line.ts, line.sub, line.clientId, line.tool, line.kind, line.amount, line.requestId)
+      result.recorded = true
+    }
+    return result
   }
 
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
@@ -541,21 +549,21 @@ export class SqliteStore implements Store {
   }
 
   async claimIdempotencyKey (key: string, bodyHash: string, owner: string, expiresAt: number, now: number): Promise<IdempotencyClaim> {
-    // One transaction: the claim and, when it is taken, the record that holds it.
-    return this.#db.transaction((): IdempotencyClaim => {
+    // In one transaction (the group commit's): the claim and, when it is taken, the record that holds it.
+    return await this.#write((): IdempotencyClaim => {
       if (this.#stmt.claimIdem.run(key, bodyHash, owner, expiresAt, now).changes === 1) return { state: 'claimed' }
       const row = this.#stmt.getIdem.get(key) as { body_hash: string, status: number | null, content_type: string | null, body: Buffer | null }
       if (row.status === null) return { state: 'running', bodyHash: row.body_hash }
       return { state: 'done', bodyHash: row.body_hash, answer: { status: row.status, contentType: row.content_type ?? undefined, body: row.body ?? Buffer.alloc(0) } }
-    }).immediate()
+    })
   }
 
   async completeIdempotencyKey (key: string, owner: string, answer: IdempotentAnswer, expiresAt: number, now: number): Promise<boolean> {
-    return this.#stmt.completeIdem.run(answer.status, answer.contentType ?? null, answer.body, expiresAt, key, owner, now).changes === 1
+    return await this.#write(() => this.#stmt.completeIdem.run(answer.status, answer.contentType ?? null, answer.body, expiresAt, key, owner, now).changes === 1)
   }
 
   async releaseIdempotencyKey (key: string, owner: string): Promise<void> {
-    this.#stmt.releaseIdem.run(key, owner)
+    await this.#write(() => { this.#stmt.releaseIdem.run(key, owner) })
   }
 
   async purgeExpired (now: number, limit: number): Promise<number> {
@@ -580,7 +588,7 @@ export class SqliteStore implements Store {
   }
 
   async close (): Promise<void> {
-    if (this.#db.open) this.#commitCharges() // charges still waiting for their turn
+    if (this.#db.open) this.#commitWrites() // writes still waiting for their turn
     this.#flushCounters()
     if (this.#db.open) this.#db.close()
   }

@@ -1,4 +1,4 @@
-// The SQLite ledger's layout: a rowid table in append order with no secondary index (each charge
+// The SQLite store's own layout and batching. The ledger: a rowid table in append order with no secondary index (each charge
 // writes a line, and an index is one more B-tree write per charge: bench/README.md). A file made by
 // an earlier version (with a (sub, seq) index) opens, loses the index, keeps its lines and their
 // order, and new lines follow its last one. A page examines a bounded number of lines, and the
@@ -177,4 +177,25 @@ t.test('close() commits the charges still waiting for their turn', async t => {
   t.teardown(() => reopened.close())
   t.equal(await reopened.getQuota('s', 0, W), 3, 'in the file')
   t.equal((await reopened.listLedger({ limit: 10 })).entries.length, 1, 'with its ledger line')
+})
+
+t.test('group commit: Idempotency-Key claims go through it too, in order', async t => {
+  const file = join(tempDir(t), 'tollgate.db')
+  const store = SqliteStore.open(file)
+  t.teardown(() => store.close())
+  const turn = async (): Promise<void> => { await new Promise(resolve => setImmediate(resolve)) }
+  const wal = (): number => statSync(`${file}-wal`).size
+  const claim = async (key: string): Promise<unknown> => await store.claimIdempotencyKey(key, 'h', `owner-${key}`, 2_000_000_000_000, 1_000_000_000_000)
+  await Promise.all([claim('a'), claim('b')]) // the table's page exists; the last commit was shared
+  const before = wal()
+  const claims = [claim('c')]
+  await turn()
+  claims.push(claim('d'))
+  await turn()
+  claims.push(claim('c')) // the same key again, after the first claim of it in the same commit
+  t.same(await Promise.all(claims), [{ state: 'claimed' }, { state: 'claimed' }, { state: 'running', bodyHash: 'h' }], 'in order: the second claim of c sees the first')
+  // One commit writes the table's page and its expiry index's page: two frames (three commits: six).
+  t.equal(wal() - before, 2 * (24 + 4096), 'three claims over three turns: one commit')
+  t.equal(await store.completeIdempotencyKey('c', 'owner-c', { status: 200, contentType: 'application/json', body: Buffer.from('{}') }, 2_000_000_000_000, 1_000_000_000_000), true)
+  t.match(await claim('c'), { state: 'done', answer: { status: 200 } })
 })
