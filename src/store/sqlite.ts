@@ -132,7 +132,7 @@ function toFamily (row: FamilyRow): RefreshFamily {
   return family
 }
 
-/** A write waiting for the next group commit: a charge, or an idempotency claim, answer or release. */
+/** A write of the hot path waiting for the next group commit. */
 interface PendingWrite { run: () => unknown, resolve: (value: any) => void, reject: (e: unknown) => void }
 
 /** A quota window's key in the balance memory: unambiguous for any subject, the two numbers end it. */
@@ -277,8 +277,8 @@ export class SqliteStore implements Store {
     }).immediate()
   }
 
-  // Group commit: the hot path's writes (charges, and an Idempotency-Key's claim, kept answer or
-  // release) that arrive within COMMIT_TURNS turns of the event loop run in order as one IMMEDIATE
+  // Group commit: the hot path's writes (charges, refunds, settlements, ledger lines, and an
+  // Idempotency-Key's claim, kept answer or release) that arrive within COMMIT_TURNS turns of the event loop run in order as one IMMEDIATE
   // transaction. Each is still its own statements, checked by SQLite in order (exact under any
   // concurrency, across processes too), and no caller hears its result before the commit that makes
   // it durable; the batch only saves WAL commits. A write that fails fails the batch: every write in
@@ -336,15 +336,21 @@ export class SqliteStore implements Store {
     return result
   }
 
+  // In the group commit; the remembered balance is forgotten when the write runs, so a read made
+  // while it waited cannot outlive it.
   async refundQuota (sub: string, windowStart: number, windowMs: number, cost: number): Promise<void> {
-    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
-    this.#stmt.refund.run(cost, sub, windowMs, windowStart)
+    await this.#write(() => {
+      this.#balances.delete(balanceKey(sub, windowStart, windowMs))
+      this.#stmt.refund.run(cost, sub, windowMs, windowStart)
+    })
   }
 
   // One upsert: atomic against concurrent charges and settlements, in this process and others.
   async settleQuota (sub: string, windowStart: number, windowMs: number, delta: number): Promise<number> {
-    this.#balances.delete(balanceKey(sub, windowStart, windowMs))
-    return this.#stmt.settle.get(sub, windowMs, windowStart, delta, windowStart + windowMs, delta) as number
+    return await this.#write(() => {
+      this.#balances.delete(balanceKey(sub, windowStart, windowMs))
+      return this.#stmt.settle.get(sub, windowMs, windowStart, delta, windowStart + windowMs, delta) as number
+    })
   }
 
   async getQuota (sub: string, windowStart: number, windowMs: number): Promise<number> {
@@ -393,9 +399,9 @@ export class SqliteStore implements Store {
 
   async appendLedger (entries: readonly LedgerEntry[]): Promise<void> {
     if (entries.length === 0) return
-    this.#db.transaction(() => {
+    await this.#write(() => {
       for (const e of entries) this.#stmt.appendLedger.run(e.ts, e.sub, e.clientId, e.tool, e.kind, e.amount, e.requestId)
-    }).immediate()
+    })
   }
 
   // One page examines at most LEDGER_SCAN lines, as the Redis store's script does: a filter that
