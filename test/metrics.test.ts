@@ -63,6 +63,7 @@ t.test('CountChild counts are folded into the counter when it is read, once', as
   const reference = new Registry()
   const counter = new Counter({ name: 'tollgate_validations_total', help: 'Token validations, by endpoint and result.', labelNames: ['endpoint', 'result'], registers: [reference] })
   const allowed = metrics.validationCount('forward_auth', 'allowed')
+  t.equal(metrics.validationCount('forward_auth', 'allowed'), allowed, 'one child per label set, bound once')
   for (let i = 0; i < 3; i++) allowed.inc()
   metrics.validations.inc({ endpoint: 'forward_auth', result: 'allowed' }, 2)
   metrics.validations.inc({ endpoint: 'introspect', result: 'active' })

@@ -40,8 +40,18 @@ export interface AccessFields {
   charged: number | undefined
 }
 
-/** A string as JSON text (escaped, quoted). */
-const json = JSON.stringify
+/** What JSON.stringify would escape in a string: quote, backslash, control characters, surrogates. */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/
+
+/** A string as JSON text: quoted, and escaped by JSON.stringify when it needs escaping (the fields are mostly plain). */
+function json (value: string): string {
+  return NEEDS_ESCAPE.test(value) ? JSON.stringify(value) : '"' + value + '"'
+}
+
+/** A number as JSON text (null for what JSON has no number for). */
+function num (value: number): string {
+  return Number.isFinite(value) ? String(value) : 'null'
+}
 
 /**
  * One access line as pino writes `logger.info(fields, 'request')` at level 30 with base
@@ -50,11 +60,11 @@ const json = JSON.stringify
  */
 export function accessLine (head: AccessLineHead, time: number, f: AccessFields): string {
   let line = head.start + time + head.base + json(f.reqId) + ',"method":' + json(f.method) + ',"path":' + json(f.path) +
-    ',"status":' + f.status + ',"ms":' + json(f.ms) + ',"ip":' + json(f.ip)
+    ',"status":' + num(f.status) + ',"ms":' + num(f.ms) + ',"ip":' + json(f.ip)
   if (f.sub !== undefined) line += ',"sub":' + json(f.sub)
   if (f.client_id !== undefined) line += ',"client_id":' + json(f.client_id)
   if (f.tool !== undefined) line += ',"tool":' + json(f.tool)
-  if (f.charged !== undefined) line += ',"charged":' + json(f.charged)
+  if (f.charged !== undefined) line += ',"charged":' + num(f.charged)
   return line + ',"msg":"request"}\n'
 }
 

@@ -126,8 +126,9 @@ export class Metrics {
   readonly upstreamDuration = new SeriesHistogram('tollgate_upstream_duration_seconds', 'Upstream response time (to headers), by tool.', ['tool'], [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], this.registry)
   readonly requestDuration = new SeriesHistogram('tollgate_http_request_duration_seconds', 'HTTP request duration, by method, route and status code.', ['method', 'route', 'status_code'], [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], this.registry)
 
-  // The calls counter's children, by status and tool.
+  // The calls counter's children, by status and tool; the validations counter's, by endpoint and result.
   readonly #calls = new Map<string, CountChild>()
+  readonly #validations = new Map<string, CountChild>()
 
   constructor () {
     collectDefaultMetrics({ register: this.registry, prefix: 'tollgate_' })
@@ -140,9 +141,9 @@ export class Metrics {
     return child
   }
 
-  /** A validations child for one label set, bound once. */
+  /** The validations child of one label set, bound on first use. */
   validationCount (endpoint: string, result: string): CountChild {
-    return this.#countChild(this.#countChildren.validations, { endpoint, result })
+    return bound(this.#validations, `${endpoint} ${result}`, () => this.#countChild(this.#countChildren.validations, { endpoint, result }))
   }
 
   observeRequest (method: string, route: string, statusCode: number, seconds: number): void {
