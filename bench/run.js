@@ -10,7 +10,7 @@
 // `jwt_verify` (bench/haproxy.js) is the `haproxy_jwt` reference for POST /call, when installed.
 //
 //   node bench/run.js [--duration 5] [--rounds 2] [--connections 10,50] [--lanes on|off|both]
-//                     [--only name,name] [--haproxy-threads 1] [--subjects 100000] [--json]
+//                     [--only name,name] [--haproxy-threads 1] [--subjects 100000] [--warmup 2] [--json]
 //   node bench/run.js --profile   one CPU profile of GET /validate (repeated token) into bench/results/
 //
 // It sends traffic only to 127.0.0.1 and stops by itself. Results go to stdout (and with --json,
@@ -43,11 +43,14 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     'profile-call': { type: 'boolean', default: false },
-    subjects: { type: 'string', default: '100000' }
+    subjects: { type: 'string', default: '100000' },
+    warmup: { type: 'string', default: '2' }
   }
 })
 const DURATION = Number(args.duration)
 const ROUNDS = Math.max(2, Number(args.rounds))
+// Seconds of unmeasured load per scenario before the first round (0: none).
+const WARMUP = Number(args.warmup)
 // Each scenario is measured at each of these connection counts; ratios are per count.
 const CONNECTIONS = args.connections.split(',').map(c => Number(c.trim()))
 if (CONNECTIONS.length === 0 || !CONNECTIONS.every(c => Number.isInteger(c) && c > 0)) throw new Error(`--connections: positive integers separated by commas, not ${args.connections}`)
@@ -458,6 +461,16 @@ async function main () {
   const samples = new Map(CONNECTIONS.map(c => [c, new Map(at(c).map(s => [s.name, []]))]))
   // Seconds one block (every scenario at one connection count) takes, to keep tokens fresh through it.
   const blockSeconds = list.length * (DURATION + 1) + 10
+  // Each scenario once, unmeasured, at the highest connection count: JIT compilation, the SQLite
+  // file's first pages and the connection pools are behind every server before the first measured
+  // round. Without it the first POST /call round at 10 connections often ran at half the second.
+  if (WARMUP > 0) {
+    for (const tg of ctx.tollgates) await freshTokens(tg, list.length * (WARMUP + 1) + 10)
+    for (const scenario of list) {
+      await cannon({ connections: peakCount, ...scenario.opts(peakCount), duration: WARMUP })
+      process.stderr.write(`  warm-up ${pad(scenario.name, 22)}\n`)
+    }
+  }
   for (let round = 0; round < ROUNDS; round++) {
     // Odd rounds run in reverse order (A B B A), so a drift of the machine does not favour one side.
     const counts = round % 2 === 0 ? CONNECTIONS : [...CONNECTIONS].reverse()

@@ -1,4 +1,4 @@
-// The default log destination (src/log-destination.ts): lines gather into 4 KiB batches in front of
+// The default log destination (src/log-destination.ts): lines gather into 16 KiB batches in front of
 // pino's asynchronous SonicBoom. Every line must come out whole and in order: when a batch fills,
 // within a second when traffic is light, on close, and at process exit without a close (both when
 // the process calls process.exit and when its event loop simply runs out).
