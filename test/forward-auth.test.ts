@@ -99,6 +99,25 @@ t.test('the per-subject limit counts cached tokens of one subject together', asy
   t.equal((await get(gw.base, '/validate', bearer(b))).status, 200, 'the next window has room')
 })
 
+t.test('a claim that cannot be carried in a header is refused, and refused again when its token is cached', async t => {
+  const gw = await gateway(t, testConfig(t))
+  // Only Tollgate's own key signs tokens it accepts; this one is signed by it in process, as a
+  // defect elsewhere could: a subject with a line break would split X-Auth-Subject.
+  const { token } = gw.app.tokens.issue({ sub: 'agent\r\nx-injected: 1', clientId: 'agent', scopes: ['tools:call'], audiences: ['tool:chat'], ttl: 60 })
+  for (const attempt of ['first', 'second (verification cache hit)']) {
+    const res = await get(gw.base, '/validate', bearer(token))
+    t.equal(res.status, 401, `${attempt}: 401`)
+    t.equal(res.headers['x-auth-subject'], undefined, `${attempt}: no identity header`)
+    t.equal(res.headers['x-injected'], undefined, `${attempt}: nothing injected`)
+    t.equal(JSON.parse(res.body).code, 'invalid_token')
+  }
+  const fine = (await issue(gw.app)).access_token
+  const ok = await get(gw.base, '/validate', bearer(fine))
+  t.equal(ok.status, 200)
+  t.equal(ok.headers['x-auth-subject'], 'agent')
+  t.equal((await get(gw.base, '/validate', bearer(fine))).headers['x-auth-subject'], 'agent', 'the same headers for the cached principal')
+})
+
 t.test('one access-log line and one metric count per request', async t => {
   const gw = await gateway(t, testConfig(t))
   const tok = (await issue(gw.app)).access_token
