@@ -157,6 +157,10 @@ function scenarios (ctx) {
   const list = [
     // The same request bytes as validate_repeat (the bare route ignores the header), so the ratio
     // compares what the servers do, not the size of what they read.
+    // The same route with the nine headers GET /validate answers with (bench/servers/bare.js): what
+    // the contract's headers cost in Fastify and node:http alone. No budget; bare_headers/bare and
+    // validate_repeat/bare_headers are printed beside the budget.
+    { name: 'bare_headers', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare-headers', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     { name: 'bare', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     ...perLane('validate_repeat', tg => ({ url: tg.tollgate.url, requests: [validate(tg.token)] })),
     ...perLane('validate_distinct', (tg, c) => ({ url: tg.tollgate.url, ...spread(tg.tokens.map(validate), c) })),
@@ -332,6 +336,8 @@ function summarise (samples) {
 // `call:off/direct`.
 const RATIOS = [
   ['validate_repeat/bare', 'validate_repeat', 'bare', 0.80, true],
+  ['bare_headers/bare', 'bare_headers', 'bare', undefined, true],
+  ['validate_repeat/bare_headers', 'validate_repeat', 'bare_headers', undefined, true],
   ['validate_distinct/bare', 'validate_distinct', 'bare', undefined, true],
   ['validate_uncached/bare', 'validate_uncached', 'bare', undefined, true],
   ['stock_proxy/direct', 'stock_proxy', 'direct', undefined, false],
