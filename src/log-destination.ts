@@ -87,7 +87,13 @@ export function logDestination (fd = 1): LogDestination {
       // Not open yet (nothing can be buffered then), or stdout is gone: nothing to write to.
     }
   }
-  const timer = setInterval(() => { stream.flush() }, FLUSH_INTERVAL_MS)
+  const timer = setInterval(() => {
+    try {
+      stream.flush()
+    } catch {
+      // stdout is gone: nothing to write to.
+    }
+  }, FLUSH_INTERVAL_MS)
   timer.unref()
   return {
     stream,
