@@ -37,7 +37,7 @@ export const BATCH_CHARS = 16 * 1024
 export class LineBatch implements pino.DestinationStream {
   #lines: string[] = []
   #chars = 0
-  constructor (readonly sonic: pino.DestinationStream & { flush: (cb?: (err?: Error) => void) => void, flushSync: () => void, destroyed?: boolean }) {}
+  constructor (readonly sonic: ReturnType<typeof pino.destination>) {}
 
   write (line: string): boolean {
     this.#lines.push(line)
@@ -55,10 +55,22 @@ export class LineBatch implements pino.DestinationStream {
     this.sonic.write(batch)
   }
 
-  /** Asynchronously: what has gathered goes out. */
-  flush (): void {
+  /**
+   * Asynchronously: what has gathered goes out (SonicBoom writes at once when it is idle, else right
+   * after its current write). With `cb` (pino's `logger.flush(cb)`): called once all of it is
+   * written, or with the write's error.
+   */
+  flush (cb?: (err?: Error) => void): void {
     this.drain()
-    this.sonic.flush()
+    if (cb === undefined) return
+    const sonic = this.sonic
+    const onDrain = (): void => { sonic.off('error', onError); cb() }
+    const onError = (err: Error): void => { sonic.off('drain', onDrain); cb(err) }
+    sonic.once('drain', onDrain)
+    sonic.once('error', onError)
+    // An empty write: SonicBoom says 'drain' when it and everything before it is written, also
+    // when nothing was waiting.
+    sonic.write('')
   }
 
   /** Synchronously: what has gathered and what SonicBoom holds is written before this returns. */
@@ -71,7 +83,8 @@ export class LineBatch implements pino.DestinationStream {
 /** At process exit (after pino's own handler has flushed SonicBoom): what gathered goes out too. */
 function atExit (batch: LineBatch): void {
   try {
-    if (batch.sonic.destroyed !== true) batch.flushSync()
+    // `destroyed` is SonicBoom's own flag; its type declarations leave it out.
+    if ((batch.sonic as { destroyed?: boolean }).destroyed !== true) batch.flushSync()
   } catch {
     // stdout is gone: nothing to write to.
   }

@@ -8,6 +8,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
+import pino from 'pino'
 import t from 'tap'
 import { BATCH_CHARS, FLUSH_INTERVAL_MS, logDestination } from '../src/log-destination.js'
 import { tempDir } from './helper.js'
@@ -48,6 +49,19 @@ t.test('a line waits at most about a second when traffic is light', async t => {
   t.equal(readFileSync(file, 'utf8'), '', 'not written at once')
   for (let i = 0; i < 50 && readFileSync(file, 'utf8') === ''; i++) await sleep(100)
   t.equal(readFileSync(file, 'utf8'), '{"msg":"alone"}\n', 'written by the periodic flush')
+})
+
+t.test("pino's logger.flush(cb) hears when what gathered is written", async t => {
+  const file = join(tempDir(t), 'out.log')
+  const fd = openSync(file, 'w')
+  const destination = logDestination(fd)
+  t.teardown(() => { destination.close(); closeSync(fd) })
+  const logger = pino({ base: null, timestamp: false }, destination.stream)
+  logger.info('one')
+  logger.info('two')
+  t.equal(readFileSync(file, 'utf8'), '', 'less than a batch waits')
+  await new Promise<void>((resolve, reject) => { logger.flush(err => { if (err != null) reject(err); else resolve() }) })
+  t.equal(readFileSync(file, 'utf8'), '{"level":30,"msg":"one"}\n{"level":30,"msg":"two"}\n', 'written when the callback runs')
 })
 
 t.test('at process exit without a close, nothing gathered is lost', async t => {
