@@ -155,12 +155,12 @@ function scenarios (ctx) {
   const perLane = (base, make) => ctx.tollgates.map(tg => ({ name: laneName(base, tg.lane), base, lane: tg.lane, pid: () => tg.tollgate.child.pid, opts: c => make(tg, c) }))
   const call = (url, token) => ({ url: `${url}/call`, method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: CALL_BODY })
   const list = [
+    // The bare route answering also the nine headers GET /validate answers with (bench/servers/bare.js):
+    // what the contract's headers cost in Fastify and node:http alone. No budget; bare_headers/bare
+    // and validate_repeat/bare_headers are printed beside the budget.
+    { name: 'bare_headers', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare-headers', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     // The same request bytes as validate_repeat (the bare route ignores the header), so the ratio
     // compares what the servers do, not the size of what they read.
-    // The same route with the nine headers GET /validate answers with (bench/servers/bare.js): what
-    // the contract's headers cost in Fastify and node:http alone. No budget; bare_headers/bare and
-    // validate_repeat/bare_headers are printed beside the budget.
-    { name: 'bare_headers', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare-headers', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     { name: 'bare', pid: () => ctx.bare.child.pid, opts: () => ({ url: ctx.bare.url, requests: [{ method: 'GET', path: '/bare', headers: { authorization: `Bearer ${primary.token}` } }] }) },
     ...perLane('validate_repeat', tg => ({ url: tg.tollgate.url, requests: [validate(tg.token)] })),
     ...perLane('validate_distinct', (tg, c) => ({ url: tg.tollgate.url, ...spread(tg.tokens.map(validate), c) })),
