@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: GET /validate (one token repeated,
-# answered by the forward-auth lane) against the bare Fastify route of `npm run bench`, each server
-# under callgrind in turn, sent the same request; with CALL=1 also POST /call (the call lane) against
+# through the one pipeline) against the bare Fastify route of `npm run bench`, each server
+# under callgrind in turn, sent the same request; with CALL=1 also POST /call against
 # the stock Fastify + reply-from proxy, both to the same upstream (which runs outside callgrind). The
 # figure compared is the event loop's (the main thread's) instructions, which move far less than req/s
 # or CPU time on a shared machine; V8's background threads are printed too but vary between runs, and
@@ -113,7 +113,7 @@ printf '%-24s %18s %18s %18s\n' server 'event loop/req' 'all threads/req' 'nextT
 read -r _ BARE_IR BARE_ALL BARE_SLOW < <(measure bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT" /bare "$AUTH")
 printf '%-24s %18s %18s %18s\n' 'bare Fastify route' "$BARE_IR" "$BARE_ALL" "$BARE_SLOW"
 read -r _ TG_IR TG_ALL TG_SLOW < <(measure tollgate "$TG_PID" "http://127.0.0.1:$TG_PORT" /validate "$AUTH")
-printf '%-24s %18s %18s %18s\n' 'GET /validate (lane)' "$TG_IR" "$TG_ALL" "$TG_SLOW"
+printf '%-24s %18s %18s %18s\n' 'GET /validate' "$TG_IR" "$TG_ALL" "$TG_SLOW"
 node -e "console.log('validate_repeat/bare by event-loop instructions: ' + ($BARE_IR / $TG_IR).toFixed(2) + '   budget >= 0.80')"
 
 if [ -n "${CALL:-}" ]; then
@@ -122,6 +122,6 @@ if [ -n "${CALL:-}" ]; then
   read -r _ STOCK_IR STOCK_ALL STOCK_SLOW < <(measure stock "$STOCK_PID" "http://127.0.0.1:$STOCK_PORT" /call "$AUTH" POST)
   printf '%-24s %18s %18s %18s\n' 'stock proxy POST /call' "$STOCK_IR" "$STOCK_ALL" "$STOCK_SLOW"
   read -r _ CALL_IR CALL_ALL CALL_SLOW < <(measure tollgate "$TG_PID" "http://127.0.0.1:$TG_PORT" /call "$AUTH" POST)
-  printf '%-24s %18s %18s %18s\n' 'POST /call (lane)' "$CALL_IR" "$CALL_ALL" "$CALL_SLOW"
+  printf '%-24s %18s %18s %18s\n' 'POST /call' "$CALL_IR" "$CALL_ALL" "$CALL_SLOW"
   node -e "console.log('call/stock_proxy by event-loop instructions: ' + ($STOCK_IR / $CALL_IR).toFixed(2) + '   budget >= 1.00')"
 fi
