@@ -112,9 +112,13 @@ echo "instructions per request (callgrind, $REQUESTS requests after $WARMUP warm
 printf '%-24s %18s %18s %18s\n' server 'event loop/req' 'all threads/req' 'nextTick slow/req'
 read -r _ BARE_IR BARE_ALL BARE_SLOW < <(measure bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT" /bare "$AUTH")
 printf '%-24s %18s %18s %18s\n' 'bare Fastify route' "$BARE_IR" "$BARE_ALL" "$BARE_SLOW"
+# The same route answering GET /validate's nine headers (bench/servers/bare.js, /bare-headers).
+read -r _ BH_IR BH_ALL BH_SLOW < <(measure bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT" /bare-headers "$AUTH")
+printf '%-24s %18s %18s %18s\n' 'bare route, 9 headers' "$BH_IR" "$BH_ALL" "$BH_SLOW"
 read -r _ TG_IR TG_ALL TG_SLOW < <(measure tollgate "$TG_PID" "http://127.0.0.1:$TG_PORT" /validate "$AUTH")
 printf '%-24s %18s %18s %18s\n' 'GET /validate' "$TG_IR" "$TG_ALL" "$TG_SLOW"
 node -e "console.log('validate_repeat/bare by event-loop instructions: ' + ($BARE_IR / $TG_IR).toFixed(2) + '   budget >= 0.80')"
+node -e "console.log('bare_headers/bare: ' + ($BARE_IR / $BH_IR).toFixed(2) + ', validate_repeat/bare_headers: ' + ($BH_IR / $TG_IR).toFixed(2) + '   (no budget)')"
 
 if [ -n "${CALL:-}" ]; then
   # The stock proxy answers only POST /call: any HTTP answer means it is up.

@@ -212,7 +212,7 @@ export default async function validateRoutes (app: FastifyInstance): Promise<voi
 
   // A principal's identity headers, made once per principal: the verification cache hands back the
   // same Principal for a repeated token, and the header checks and the join cost about 3,900
-  // event-loop instructions per answer (bench/README.md, "GET /validate's response headers").
+  // event-loop instructions per answer (bench/README.md, "What each part of GET /validate costs").
   const identities = new WeakMap<Principal, Readonly<Record<string, string>>>()
   function identityHeaders (p: Principal): Readonly<Record<string, string>> {
     let headers = identities.get(p)
