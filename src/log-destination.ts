@@ -80,26 +80,24 @@ export class LineBatch implements pino.DestinationStream {
   }
 }
 
-/** At process exit (after pino's own handler has flushed SonicBoom): what gathered goes out too. */
-function atExit (batch: LineBatch): void {
+/**
+ * Writes out what has gathered, synchronously, unless stdout is gone (or SonicBoom was never opened:
+ * nothing can be buffered then). Used on close and at process exit, where pino's own handler has
+ * flushed SonicBoom first. Module-level: on-exit-leak-free holds the batch weakly, and a handler that
+ * closed over it would keep it alive.
+ */
+function writeOut (batch: LineBatch): void {
   try {
-    // `destroyed` is SonicBoom's own flag; its type declarations leave it out.
-    if ((batch.sonic as { destroyed?: boolean }).destroyed !== true) batch.flushSync()
+    batch.flushSync()
   } catch {
-    // stdout is gone: nothing to write to.
+    // Nothing to write to.
   }
 }
 
 export function logDestination (fd = 1): LogDestination {
   const stream = new LineBatch(pino.destination({ dest: fd, sync: false }))
-  onExit.register(stream, atExit)
-  const flush = (): void => {
-    try {
-      stream.flushSync()
-    } catch {
-      // Not open yet (nothing can be buffered then), or stdout is gone: nothing to write to.
-    }
-  }
+  onExit.register(stream, writeOut)
+  const flush = (): void => { writeOut(stream) }
   const timer = setInterval(() => {
     try {
       stream.flush()
