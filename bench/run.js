@@ -74,6 +74,22 @@ function peakRssMiB (pid) {
   return m === null ? NaN : Number(m[1]) / 1024
 }
 
+/**
+ * What a Tollgate holds now, from its /metrics (prom-client's process and V8 heap gauges), in MiB:
+ * the resident set, the V8 heap in use and as allocated, and memory outside the heap (Buffers). The
+ * peak (VmHWM) above says how high it went; this says how much of it is the heap's own headroom.
+ */
+async function memoryNow (url) {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  const gauge = name => {
+    const m = new RegExp(`^tollgate_${name} (\\S+)$`, 'm').exec(text)
+    return m === null ? NaN : Number(m[1]) / 1048576
+  }
+  return { rss: gauge('process_resident_memory_bytes'), heapUsed: gauge('nodejs_heap_size_used_bytes'), heapTotal: gauge('nodejs_heap_size_total_bytes'), external: gauge('nodejs_external_memory_bytes') }
+}
+
+const memoryText = m => `now ${num(m.rss, 1)} MiB resident, V8 heap ${num(m.heapUsed, 1)} MiB used of ${num(m.heapTotal, 1)} MiB, ${num(m.external, 1)} MiB outside it`
+
 // ---------------------------------------------------------------------------------------------
 // Talking to Tollgate
 
@@ -499,6 +515,7 @@ async function main () {
   const halfLoad = callPeak !== undefined ? await addedLatencyAtHalfLoad(ctx, callPeak) : undefined
   const quotaSubjects = await fillQuotaSubjects(ctx, QUOTA_SUBJECTS)
   const rssAfterSubjects = quotaSubjects !== undefined ? peakRssMiB(primary.tollgate.child.pid) : undefined
+  const memoryAfterSubjects = quotaSubjects !== undefined ? await memoryNow(primary.tollgate.url) : undefined
   const accessLogMiB = Object.fromEntries(ctx.tollgates.map(tg => [tg.lane, tg.tollgate.logBytes() / 1048576]))
 
   const results = {}
@@ -536,7 +553,7 @@ async function main () {
     const which = tg.lane === 'on' ? 'Tollgate' : 'Tollgate (server.fastPath: false)'
     console.log(`${which} peak RSS (VmHWM) after the measurements: ${num(rssAfterLoad[tg.lane], 1)} MiB; access log written: ${num(accessLogMiB[tg.lane], 1)} MiB`)
   }
-  console.log(`${primary.lane === 'on' ? 'Tollgate' : 'Tollgate (server.fastPath: false)'} peak RSS after ${QUOTA_SUBJECTS} distinct subjects used quota: ${rssAfterSubjects !== undefined ? `${num(rssAfterSubjects, 1)} MiB (${quotaSubjects} charged)` : 'n/a (--subjects 0)'}`)
+  console.log(`${primary.lane === 'on' ? 'Tollgate' : 'Tollgate (server.fastPath: false)'} peak RSS after ${QUOTA_SUBJECTS} distinct subjects used quota: ${rssAfterSubjects !== undefined ? `${num(rssAfterSubjects, 1)} MiB (${quotaSubjects} charged; ${memoryText(memoryAfterSubjects)})` : 'n/a (--subjects 0)'}`)
   for (const c of CONNECTIONS) {
     const bad = Object.entries(results[c]).filter(([, r]) => r.non2xx + r.errors > 0)
     for (const [name, r] of bad) console.log(`WARNING: ${name} at ${c} connections: ${r.non2xx} non-2xx answers, ${r.errors} errors or timeouts (status codes per round: ${JSON.stringify(r.codes)}): its figures are not valid`)
@@ -574,6 +591,7 @@ async function main () {
       halfLoad,
       rssAfterLoad,
       rssAfterSubjects,
+      memoryAfterSubjects,
       accessLogMiB
     }, null, 2) + '\n')
     console.log(`written ${file}`)
