@@ -76,11 +76,19 @@ function peakRssMiB (pid) {
 
 /**
  * What a Tollgate holds now, from its /metrics (prom-client's process and V8 heap gauges), in MiB:
- * the resident set, the V8 heap in use and as allocated, and memory outside the heap (Buffers). The
- * peak (VmHWM) above says how high it went; this says how much of it is the heap's own headroom.
+ * the resident set, the V8 heap in use and as allocated, and V8's external memory (Buffers and
+ * other ArrayBuffers). The peak (VmHWM) above says how high it went; this says how much of it is the
+ * heap's own headroom. Undefined when /metrics does not answer (the run's figures stand without it).
  */
 async function memoryNow (url) {
-  const text = await (await fetch(`${url}/metrics`)).text()
+  let text
+  try {
+    const res = await fetch(`${url}/metrics`)
+    if (!res.ok) return undefined
+    text = await res.text()
+  } catch {
+    return undefined
+  }
   const gauge = name => {
     const m = new RegExp(`^tollgate_${name} (\\S+)$`, 'm').exec(text)
     return m === null ? NaN : Number(m[1]) / 1048576
@@ -88,7 +96,9 @@ async function memoryNow (url) {
   return { rss: gauge('process_resident_memory_bytes'), heapUsed: gauge('nodejs_heap_size_used_bytes'), heapTotal: gauge('nodejs_heap_size_total_bytes'), external: gauge('nodejs_external_memory_bytes') }
 }
 
-const memoryText = m => `now ${num(m.rss, 1)} MiB resident, V8 heap ${num(m.heapUsed, 1)} MiB used of ${num(m.heapTotal, 1)} MiB, ${num(m.external, 1)} MiB outside it`
+const memoryText = m => m === undefined
+  ? 'memory now: /metrics did not answer'
+  : `now ${num(m.rss, 1)} MiB resident, V8 heap ${num(m.heapUsed, 1)} MiB used of ${num(m.heapTotal, 1)} MiB allocated, Buffers ${num(m.external, 1)} MiB`
 
 // ---------------------------------------------------------------------------------------------
 // Talking to Tollgate
