@@ -76,7 +76,6 @@ export function accessLineHead (pid: number, host: string): AccessLineHead {
 }
 
 interface LevelLogger {
-  level: string
   info: (obj: object, msg: string) => void
   isLevelEnabled?: (level: string) => boolean
 }
