@@ -23,11 +23,11 @@ const ways = {
     return () => { log.info(fields, 'request') }
   },
   'pino info(), LineBatch': () => {
-    const log = pino({ base }, new LineBatch(pino.destination({ dest: fd, sync: false })))
+    const log = pino({ base }, new LineBatch(pino.destination({ dest: fd, sync: false }), pino.destination({ dest: fd, sync: true })))
     return () => { log.info(fields, 'request') }
   },
   'hand-built line, LineBatch (Tollgate)': () => {
-    const batch = new LineBatch(pino.destination({ dest: fd, sync: false }))
+    const batch = new LineBatch(pino.destination({ dest: fd, sync: false }), pino.destination({ dest: fd, sync: true }))
     return () => { batch.write(accessLine(head, Date.now(), fields)) }
   }
 }

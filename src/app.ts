@@ -136,7 +136,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   const app = Fastify(fastifyOptions)
   // The buffered log lines reach stdout when the app closes (and close-with-grace closes it on a
   // signal or a fatal error: src/server.ts).
-  if (destination !== undefined) app.addHook('onClose', (_app, done) => { destination.close(); done() })
+  if (destination !== undefined) app.addHook('onClose', (_app, done) => { destination.close(() => { done() }) })
 
   // Bodies are forms or JSON (and raw streams on /call, which registers its own parser): any
   // other media type is 415, not a string handed to a handler.

@@ -5,6 +5,12 @@
 // and at process exit (registered with on-exit-leak-free, as pino registers its destination). A
 // kill -9 loses what has gathered: at most 16 KiB (about 70 access lines), or a second's worth.
 //
+// Closing waits (asynchronously) until SonicBoom has written everything, the write in progress
+// included. The synchronous write-out at process exit cannot wait for a write in progress: it writes
+// what SonicBoom still holds and what has gathered after it, through a synchronous SonicBoom on the
+// same descriptor; only a write that is still in libuv's thread pool at that moment can land after
+// them (pino's own exit flush has the same limit).
+//
 // Why the batch is here and not SonicBoom's own `minLength`: SonicBoom (4.2.1, and 5.0.2 alike)
 // keeps what waits as one string, and on every write measures it whole (`Buffer.byteLength`) and
 // appends to it (`+=`), so V8 flattens the growing string once per line: a 4 KiB minLength cost
@@ -23,8 +29,11 @@ export interface LogDestination {
   readonly stream: LineBatch
   /** Writes whatever is buffered, synchronously. */
   flush: () => void
-  /** Stops the periodic flush and writes what is buffered; the stream stays usable. */
-  close: () => void
+  /**
+   * Stops the periodic flush, and calls back once everything written so far is out (at most
+   * CLOSE_WAIT_MS later, if the destination stops answering); the stream stays usable.
+   */
+  close: (cb?: (err?: Error) => void) => void
 }
 
 /** Lines wait at most this long in the buffer when traffic is light. */
@@ -33,11 +42,18 @@ export const FLUSH_INTERVAL_MS = 1000
 /** A batch is handed to SonicBoom once it holds this many characters. */
 export const BATCH_CHARS = 16 * 1024
 
+/** How long close waits for the writes to finish before it writes out synchronously and returns. */
+export const CLOSE_WAIT_MS = 2000
+
 /** The destination as pino sees it: lines in, 16 KiB batches out to SonicBoom. */
 export class LineBatch implements pino.DestinationStream {
   #lines: string[] = []
   #chars = 0
-  constructor (readonly sonic: ReturnType<typeof pino.destination>) {}
+  /**
+   * `sonic` writes the batches asynchronously; `syncOut`, a synchronous SonicBoom on the same
+   * descriptor, is only for flushSync.
+   */
+  constructor (readonly sonic: ReturnType<typeof pino.destination>, readonly syncOut: ReturnType<typeof pino.destination>) {}
 
   write (line: string): boolean {
     this.#lines.push(line)
@@ -48,11 +64,17 @@ export class LineBatch implements pino.DestinationStream {
 
   /** Hands what has gathered to SonicBoom, which writes it when its current write is done. */
   drain (): void {
-    if (this.#lines.length === 0) return
+    const batch = this.#take()
+    if (batch !== undefined) this.sonic.write(batch)
+  }
+
+  /** What has gathered, as one string (undefined when nothing has). */
+  #take (): string | undefined {
+    if (this.#lines.length === 0) return undefined
     const batch = this.#lines.length === 1 ? this.#lines[0] as string : this.#lines.join('')
     this.#lines = []
     this.#chars = 0
-    this.sonic.write(batch)
+    return batch
   }
 
   /**
@@ -73,10 +95,16 @@ export class LineBatch implements pino.DestinationStream {
     sonic.write('')
   }
 
-  /** Synchronously: what has gathered and what SonicBoom holds is written before this returns. */
+  /**
+   * Synchronously: what SonicBoom holds, then what has gathered, is written before this returns.
+   * What has gathered goes through `syncOut`: handed to `sonic` while it is idle, it would start an
+   * asynchronous write that SonicBoom's flushSync does not wait for. A write already in progress is
+   * not waited for (see the top of this file).
+   */
   flushSync (): void {
-    this.drain()
     this.sonic.flushSync()
+    const batch = this.#take()
+    if (batch !== undefined) this.syncOut.write(batch)
   }
 }
 
@@ -95,7 +123,7 @@ function writeOut (batch: LineBatch): void {
 }
 
 export function logDestination (fd = 1): LogDestination {
-  const stream = new LineBatch(pino.destination({ dest: fd, sync: false }))
+  const stream = new LineBatch(pino.destination({ dest: fd, sync: false }), pino.destination({ dest: fd, sync: true }))
   onExit.register(stream, writeOut)
   const flush = (): void => { writeOut(stream) }
   const timer = setInterval(() => {
@@ -109,9 +137,25 @@ export function logDestination (fd = 1): LogDestination {
   return {
     stream,
     flush,
-    close: () => {
+    close: (cb) => {
       clearInterval(timer)
-      flush()
+      // SonicBoom answers a flush once its writes are done, or never once stdout is gone (pino then
+      // makes its writes no-ops): wait at most CLOSE_WAIT_MS, then write out what is left.
+      let answered = false
+      const done = (err?: Error): void => {
+        if (answered) return
+        answered = true
+        clearTimeout(wait)
+        flush()
+        cb?.(err)
+      }
+      const wait = setTimeout(done, CLOSE_WAIT_MS)
+      wait.unref()
+      try {
+        stream.flush(done)
+      } catch (err) {
+        done(err as Error)
+      }
     }
   }
 }

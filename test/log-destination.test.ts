@@ -3,11 +3,13 @@
 // within a second when traffic is light, on close, and at process exit without a close (both when
 // the process calls process.exit and when its event loop simply runs out).
 import { spawn } from 'node:child_process'
+import { pbkdf2 } from 'node:crypto'
 import { once } from 'node:events'
 import { closeSync, openSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
+import { promisify } from 'node:util'
 import pino from 'pino'
 import t from 'tap'
 import { BATCH_CHARS, FLUSH_INTERVAL_MS, logDestination } from '../src/log-destination.js'
@@ -35,8 +37,29 @@ t.test('lines come out whole and in order, a batch at a time', async t => {
   for (let i = 0; i < 100 && readFileSync(file, 'utf8').length === 0; i++) await sleep(20)
   const partial = readFileSync(file, 'utf8')
   t.ok(partial.length > 0 && written.join('').startsWith(partial), 'full batches are written before a close, as a prefix of the lines')
-  destination.close()
+  await new Promise<void>((resolve, reject) => { destination.close(err => { if (err != null) reject(err); else resolve() }) })
   t.equal(readFileSync(file, 'utf8'), written.join(''), 'after close: every line, in order')
+})
+
+t.test('flush() writes what has gathered before it returns, the thread pool busy', async t => {
+  const file = join(tempDir(t), 'out.log')
+  const fd = openSync(file, 'w')
+  const destination = logDestination(fd)
+  t.teardown(() => { destination.close(); closeSync(fd) })
+  // Every thread of libuv's pool busy for a while: an asynchronous write (SonicBoom's) waits behind
+  // them, so only a synchronous one can be on disk when flush() returns. (Started this way, the
+  // exit handler's write-out used to hand what had gathered to SonicBoom, which then wrote it
+  // asynchronously and its flushSync did not wait for it.)
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4)
+  const busy = Array.from({ length: threads }, async () => { await promisify(pbkdf2)('busy', 'salt', 1_000_000, 32, 'sha256') })
+  const written = lines(3)
+  for (const line of written) destination.stream.write(line)
+  destination.flush()
+  t.equal(readFileSync(file, 'utf8'), written.join(''), 'on disk when flush() returns')
+  destination.stream.write(written[0] as string)
+  destination.flush()
+  t.equal(readFileSync(file, 'utf8'), written.join('') + (written[0] as string), 'and again, after more lines')
+  await Promise.all(busy)
 })
 
 t.test('a line waits at most about a second when traffic is light', async t => {
